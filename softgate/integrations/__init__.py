@@ -1,0 +1,1 @@
+"""Thin adapters carrying softgate gates onto TRL and verl; imported lazily."""
