@@ -1,0 +1,135 @@
+"""Atomic checkpoints: model + tokenizer (safetensors), optimizer, scheduler, RNG states and trainer state.
+
+A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX`` and renamed to ``checkpoints/step_XXXXXX`` only when
+complete, so a run killed mid-write leaves no half checkpoint that resume could pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^step_(\d{6,})$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp-step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    # RNG states hold numpy arrays and tuples: store them as plain tensors/lists so weights_only loading works.
+    rng = rng_state()
+    torch.save({"torch": rng["torch"], "python": _py_state_to_list(rng["python"]),
+                "numpy": _np_state_to_list(rng["numpy"])}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore model weights, optimizer, scheduler and RNG states; return the saved trainer state."""
+    from safetensors.torch import load_file
+
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no model.safetensors")
+    state_dict = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    # Tied embeddings are saved once; anything else missing is a real mismatch.
+    missing = [k for k in missing if k not in _tied_keys(model)]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    set_rng_state({"torch": rng["torch"], "python": _py_state_from_list(rng["python"]),
+                   "numpy": _np_state_from_list(rng["numpy"])})
+    return json.loads((path / "state.json").read_text())
+
+
+def _tied_keys(model) -> set[str]:
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    if isinstance(keys, dict):
+        keys = list(keys)
+    return set(keys) | {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set(keys)
+
+
+def _py_state_to_list(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_list(state) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _np_state_to_list(state) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _np_state_from_list(state) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

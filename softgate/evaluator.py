@@ -1,0 +1,76 @@
+"""Evaluate a policy on held-out examples: sample, grade, and summarize (pass@1 with a 95% interval, format rate).
+
+Used by the trainer every ``eval.every`` steps and by ``softgate eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from softgate.stats import wilson_interval
+from softgate.rollout import HFSampler
+from softgate.tasks import Task
+
+
+@dataclass
+class EvalResult:
+    """Summary figures plus one record per (example, sample)."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: float = 0.7, max_new_tokens: int = 64,
+                    batch_size: int = 64, samples: int = 1, seed: int = 0, progress: bool = False) -> EvalResult:
+    """Sample ``samples`` completions per example and grade them with the task's rewards.
+
+    The sampling seed is fixed so that evaluations at different training steps see the same random stream.
+    """
+    sampler = HFSampler(model, tokenizer)
+    records: list[dict[str, Any]] = []
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        batches = range(0, len(examples), batch_size)
+        for start in tqdm(batches, desc="eval", disable=not progress, leave=False):
+            chunk = list(examples[start:start + batch_size])
+            prompts = [task.render_prompt(e, tokenizer) for e in chunk]
+            rollout = sampler.sample(prompts, samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                                     do_sample=temperature > 0)
+            references = [e.reference for e in chunk for _ in range(samples)]
+            correct = task.answer_rewards(rollout.completions, references)
+            fmt = task.format_rewards(rollout.completions)
+            lengths = rollout.completion_lengths.tolist()
+            for i, text in enumerate(rollout.completions):
+                example = chunk[i // samples]
+                records.append({
+                    "id": example.id, "sample": i % samples, "prompt": prompts[i // samples],
+                    "completion": text, "extracted": task.extract_answer(text), "reference": example.reference,
+                    "correct": bool(correct[i] == 1.0), "format_reward": fmt[i], "length": int(lengths[i]),
+                    "truncated": bool(rollout.truncated[i]),
+                })
+    finally:
+        torch.set_rng_state(generator_state)
+    return EvalResult(summary=summarize(records, samples), records=records)
+
+
+def summarize(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """pass@1 over all samples (mean correctness), its Wilson 95% interval, format rate, mean length."""
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    low, high = wilson_interval(correct, n) if n else (float("nan"), float("nan"))
+    return {
+        "accuracy": correct / n if n else float("nan"),
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "format_rate": sum(r["format_reward"] == 1.0 for r in records) / n if n else float("nan"),
+        "format_reward": sum(r["format_reward"] for r in records) / n if n else float("nan"),
+        "length_mean": sum(r["length"] for r in records) / n if n else float("nan"),
+        "truncated_frac": sum(r["truncated"] for r in records) / n if n else float("nan"),
+        "n": n,
+        "samples": samples,
+    }

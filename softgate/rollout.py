@@ -1,0 +1,197 @@
+"""Sampling completions from the current policy: Hugging Face ``generate`` (default) or vLLM (optional, GPU).
+
+A rollout batch holds N = prompts x G sequences laid out as [left-padded prompt | right-padded completion], so
+that every completion starts at the same column P and the trainer's forward pass only needs the last T logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions. N = number of prompts x G, P = padded prompt length, T = completion length.
+
+    Fields:
+        input_ids:       [N, P + T]  prompt (left-padded) followed by completion (right-padded)
+        attention_mask:  [N, P + T]  1 for real tokens (prompt and completion up to and including EOS)
+        completion_mask: [N, T] bool True for completion tokens that count (up to and including the first EOS)
+        truncated:       [N] bool    True when the completion hit max_new_tokens without EOS
+        group_ids:       [N] long    index of the prompt each completion answers (0..prompts-1)
+        completions:     N decoded completion texts (special tokens removed)
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    group_ids: Tensor
+    completions: list[str]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.completion_mask.shape[1]
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        return self.completion_mask.sum(-1)
+
+
+class Sampler(Protocol):
+    def sample(self, prompts: list[str], num_generations: int, *, temperature: float, top_p: float,
+               max_new_tokens: int) -> Rollout: ...
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as ``generate`` uses them: [N, L] -> [N, L]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Mask of tokens up to and including the first EOS, and which rows never produced EOS.
+
+    Shapes: completion_ids [N, T] -> (mask [N, T] bool, truncated [N] bool)
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    # Count of EOS strictly before each position: a token counts while no EOS came before it.
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()
+    mask = eos_before == 0
+    truncated = ~is_eos.any(-1)
+    return mask, truncated
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    if not ids:
+        raise ValueError("the tokenizer and generation config define no EOS token; generation could never stop")
+    return ids
+
+
+class HFSampler:
+    """Batched sampling with ``model.generate`` and its KV cache."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size  # max sequences per generate call (None = all at once)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], num_generations: int, *, temperature: float, top_p: float = 1.0,
+               max_new_tokens: int = 64, do_sample: bool = True) -> Rollout:
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        prompt_ids = enc["input_ids"].to(device).repeat_interleave(num_generations, 0)  # [N, P]
+        prompt_mask = enc["attention_mask"].to(device).repeat_interleave(num_generations, 0)
+        n = prompt_ids.shape[0]
+        chunk = self.batch_size or n
+        was_training = self.model.training
+        self.model.eval()
+        pieces = []
+        for start in range(0, n, chunk):
+            out = self.model.generate(
+                input_ids=prompt_ids[start:start + chunk],
+                attention_mask=prompt_mask[start:start + chunk],
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None,
+                top_k=0 if do_sample else None,  # the policy's own distribution: no top-k truncation
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+            )
+            pieces.append(out[:, prompt_ids.shape[1]:])
+        self.model.train(was_training)
+        width = max(p.shape[1] for p in pieces)
+        completion_ids = torch.cat(
+            [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.pad_id) for p in pieces]
+        )
+        return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
+                         num_generations)
+
+
+def _assemble(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, eos_ids: list[int], pad_id: int,
+              tokenizer, num_generations: int) -> Rollout:
+    completion_mask, truncated = completion_mask_from_ids(completion_ids, eos_ids)
+    completion_ids = completion_ids.masked_fill(~completion_mask, pad_id)
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(~completion_mask, pad_id),
+                                   skip_special_tokens=True)
+    n = prompt_ids.shape[0]
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, completion_ids], 1),
+        attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
+        completion_mask=completion_mask,
+        truncated=truncated,
+        group_ids=torch.arange(n, device=prompt_ids.device) // num_generations,
+        completions=texts,
+    )
+
+
+class VLLMSampler:
+    """Sampling with vLLM (GPU). The policy weights are pushed into the engine before each rollout.
+
+    Needs ``pip install softgate[vllm]`` and a CUDA device; it is not exercised on CPU-only machines.
+    """
+
+    def __init__(self, model, tokenizer, *, gpu_memory_utilization: float = 0.4):
+        try:
+            import vllm
+        except ImportError as err:
+            raise ImportError(
+                "rollout.backend='vllm' needs vLLM: pip install 'softgate[vllm]' (GPU only). "
+                "Use rollout.backend=hf on CPU."
+            ) from err
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=model.name_or_path, dtype=str(model.dtype).replace("torch.", ""),
+                            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+
+    def _sync_weights(self) -> None:
+        # Same in-process weight push as TRL's colocated mode.
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        engine_model.load_weights(self.model.state_dict().items())
+        self.llm.reset_prefix_cache()
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], num_generations: int, *, temperature: float, top_p: float = 1.0,
+               max_new_tokens: int = 64) -> Rollout:
+        self._sync_weights()
+        params = self._vllm.SamplingParams(n=num_generations, temperature=temperature, top_p=top_p,
+                                           max_tokens=max_new_tokens, stop_token_ids=self.eos_ids)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        prompt_ids = enc["input_ids"].to(device).repeat_interleave(num_generations, 0)
+        prompt_mask = enc["attention_mask"].to(device).repeat_interleave(num_generations, 0)
+        seqs = [list(c.token_ids) for o in outputs for c in o.outputs]
+        width = max(1, max(len(s) for s in seqs))
+        completion_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            completion_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
+                         num_generations)
+
+
+def make_sampler(backend: str, model, tokenizer) -> Sampler:
+    match backend:
+        case "hf":
+            return HFSampler(model, tokenizer)
+        case "vllm":
+            return VLLMSampler(model, tokenizer)
+    raise ValueError(f"rollout.backend: unknown backend {backend!r}; choose 'hf' or 'vllm'")

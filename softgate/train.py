@@ -1,0 +1,443 @@
+"""The RL loop: sample G completions per prompt, score them, compute group advantages, then make
+``num_iterations x minibatches`` gated policy-gradient updates on the batch (paper Section 3). Top to bottom:
+
+    setup -> [resume] -> eval at start -> for each RL step:
+        rollout -> rewards -> advantages -> old log-probs ->
+        for each pass, for each minibatch: micro-batches (forward, gated loss, backward) -> clip -> step -> log
+        -> [EUR controller] -> [eval] -> [checkpoint]
+    -> final eval, checkpoint, summary, plots
+
+The gate only acts when r = pi / pi_old differs from 1: on the second and later minibatches of a pass, and on every
+minibatch of the second and later passes. With one pass and one minibatch every update is on-policy and every
+admissible gate is the plain policy gradient (paper, SAPO facts); the trainer warns about it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import softgate
+from softgate import gates
+from softgate.advantages import group_advantages, zero_variance_groups
+from softgate.aggregate import normalizer as batch_normalizer
+from softgate.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from softgate.config import Config, ConfigError, save_config, to_dict
+from softgate.data import load_examples, load_task
+from softgate.evaluator import evaluate_policy
+from softgate.forward import completion_logprobs
+from softgate.losses import policy_loss
+from softgate.metrics import JsonlLogger, TrackingSinks, read_jsonl, truncate_after
+from softgate.modeling import load_model_and_tokenizer
+from softgate.rollout import Rollout, make_sampler
+
+RUN_SCHEMA = 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers the loop calls. Each is a plain function; the loop below reads top to bottom.
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the peak learning rate at optimizer step ``s`` (linear warmup, then the schedule)."""
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        match schedule:
+            case "constant":
+                return 1.0
+            case "linear":
+                return max(0.0, 1.0 - progress)
+            case "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        raise ValueError(f"optim.schedule: unknown schedule {schedule!r}")
+
+    return f
+
+
+def make_gate(cfg: Config, tau_scale: float = 1.0) -> gates.Gate:
+    """The configured gate, with both temperatures multiplied by ``tau_scale`` (the EUR controller's knob)."""
+    params = cfg.gate.params()
+    for key in ("tau_pos", "tau_neg"):
+        if key in params:
+            params[key] = params[key] * tau_scale
+    return gates.make(cfg.gate.name, **params)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Sampling seed of RL step ``step``: a run killed and resumed draws the same completions."""
+    return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
+
+
+class PromptStream:
+    """Endless shuffled pass over the training examples; its position is saved in checkpoints."""
+
+    def __init__(self, n: int, seed: int, cursor: int = 0):
+        self.n, self.seed, self.cursor = n, seed, cursor
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, pos = divmod(self.cursor, self.n)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            out.append(int(order[pos]))
+            self.cursor += 1
+        return out
+
+
+def score(task, rollout: Rollout, references: list[str], cfg: Config) -> dict[str, torch.Tensor]:
+    """Reward components per completion, and their weighted total. Shapes: each [N]."""
+    answer = torch.tensor(task.answer_rewards(rollout.completions, references), dtype=torch.float32)
+    fmt = torch.tensor(task.format_rewards(rollout.completions), dtype=torch.float32)
+    total = cfg.task.answer_weight * answer + cfg.task.format_weight * fmt
+    return {"total": total, "answer": answer, "format": fmt}
+
+
+@torch.no_grad()
+def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float) -> torch.Tensor:
+    """Log-probs of every completion token under ``model``, in micro-batches. Shape: [N, T]."""
+    T = rollout.completion_mask.shape[1]
+    out = []
+    for i in range(0, rollout.input_ids.shape[0], micro):
+        logp, _ = completion_logprobs(model, rollout.input_ids[i:i + micro], rollout.attention_mask[i:i + micro],
+                                      T, temperature=temperature)
+        out.append(logp)
+    return torch.cat(out)
+
+
+def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate, cfg: Config,
+                        group_size: int) -> dict[str, float]:
+    """Forward/backward over the micro-batches of one minibatch, gradients accumulated (no optimizer step).
+
+    Every micro-batch loss uses the whole minibatch's normalizer, so the accumulated gradient equals the gradient
+    of the minibatch loss whatever the micro-batch size.
+    """
+    T = rollout.completion_mask.shape[1]
+    mask = rollout.completion_mask[idx]
+    norm = batch_normalizer(mask, cfg.loss.agg, norm_len=cfg.rollout.max_new_tokens)
+    new_logps, entropies = [], []
+    for chunk in idx.split(cfg.algo.micro_batch_size):
+        logp, entropy = completion_logprobs(
+            model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
+            temperature=cfg.rollout.temperature, with_entropy=True,
+        )
+        loss, _ = policy_loss(
+            logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
+            level=cfg.loss.level, agg=cfg.loss.agg, normalizer=norm, log_ratio_bound=cfg.loss.log_ratio_bound,
+            ref_logp=None if ref_logp is None else ref_logp[chunk], kl_coef=cfg.loss.kl_coef,
+            kl_estimator=cfg.loss.kl_estimator,
+            entropy=entropy if cfg.loss.entropy_coef > 0 else None, entropy_coef=cfg.loss.entropy_coef,
+        )
+        loss.backward()
+        new_logps.append(logp.detach())
+        entropies.append(entropy.detach())
+    # Gate diagnostics over the whole minibatch (groups intact), from the log-probs the update used.
+    with torch.no_grad():
+        new_logp = torch.cat(new_logps)
+        entropy = torch.cat(entropies)
+        _, stats = policy_loss(
+            new_logp, old_logp[idx], adv[idx], mask, gate, level=cfg.loss.level, agg=cfg.loss.agg,
+            log_ratio_bound=cfg.loss.log_ratio_bound, group_ids=rollout.group_ids[idx],
+            ref_logp=None if ref_logp is None else ref_logp[idx], entropy=entropy,
+        )
+    return {k: float(v) for k, v in stats.items()}
+
+
+def rollout_metrics(rewards: dict[str, torch.Tensor], rollout: Rollout) -> dict[str, float]:
+    lengths = rollout.completion_lengths.float()
+    return {
+        "reward/total": rewards["total"].mean().item(),
+        "reward/answer": rewards["answer"].mean().item(),
+        "reward/format": rewards["format"].mean().item(),
+        "train/accuracy": (rewards["answer"] == 1.0).float().mean().item(),
+        "train/format_rate": (rewards["format"] == 1.0).float().mean().item(),
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/truncated_frac": rollout.truncated.float().mean().item(),
+    }
+
+
+def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **extra: Any) -> None:
+    info = {
+        "schema": RUN_SCHEMA, "softgate_version": softgate.__version__, "status": status,
+        "gate": cfg.gate.name, **cfg.gate.params(), "seed": cfg.seed, "steps": cfg.steps, "last_step": last_step,
+        "task": cfg.task.name, "model": cfg.model.name_or_path, **extra,
+    }
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(run_dir / "run.json")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Run RL as configured. ``resume`` continues from the newest checkpoint in ``cfg.output_dir``.
+
+    ``stop_after`` ends the process-level loop after that many RL steps of this call (used to simulate a killed
+    run in tests); the run then stays "running" and can be resumed.
+    """
+    run_dir = Path(cfg.output_dir)
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run (metrics.jsonl); pass --resume to continue it or "
+                              f"choose another --output-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    if cfg.algo.num_iterations == 1 and cfg.algo.minibatches == 1:
+        warnings.warn(
+            "algo.num_iterations=1 and algo.minibatches=1: every update is on-policy (r = 1 exactly), so every "
+            "admissible gate gives the plain policy gradient and the gate has no effect. Reuse rollouts "
+            "(num_iterations > 1) or split them into minibatches for the gate to act.", stacklevel=2)
+
+    # --- model, data, optimizer ---
+    dtype = cfg.model.dtype
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=dtype)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    ref_model = None
+    if cfg.loss.kl_coef > 0:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    task = load_task(cfg.task)
+    train_examples = load_examples(task, cfg.task, "train", seed=cfg.seed)
+    test_examples = load_examples(task, cfg.task, "test")
+    if cfg.eval.size:
+        test_examples = test_examples[: cfg.eval.size]
+    if len(train_examples) == 0:
+        raise ConfigError("task: the training split is empty")
+    prompts = [task.render_prompt(e, tokenizer) for e in train_examples]
+    _check_prompt_lengths(prompts, train_examples, tokenizer, cfg.task.max_prompt_tokens)
+
+    G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
+    updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches
+    total_updates = cfg.steps * updates_per_step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
+    sampler = make_sampler(cfg.rollout.backend, model, tokenizer)
+
+    # --- resume ---
+    start_step, tau_scale, cursor = 0, 1.0, 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: {run_dir} holds no complete checkpoint to resume from")
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_step, tau_scale, cursor = state["step"], state["tau_scale"], state["cursor"]
+        moved = truncate_after(run_dir / "metrics.jsonl", start_step, key="rl_step")
+        truncate_after(run_dir / "eval.jsonl", start_step, key="rl_step")
+        if moved:
+            print(f"resume: {moved} metric lines past step {start_step} moved to metrics.orphaned.jsonl")
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    stream = PromptStream(len(train_examples), cfg.seed, cursor)
+    log = JsonlLogger(run_dir / "metrics.jsonl")
+    eval_log = JsonlLogger(run_dir / "eval.jsonl")
+    sinks = TrackingSinks(run_dir, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
+                          config=to_dict(cfg))
+    write_run_json(run_dir, cfg, "running", start_step)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        result = evaluate_policy(model, tokenizer, task, test_examples, temperature=cfg.eval.temperature,
+                                 max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345)
+        record = {"rl_step": step, "step": step * updates_per_step, "eval/task": task.name,
+                  **{f"eval/{k}": v for k, v in result.summary.items()}}
+        eval_log.log(record)
+        sinks.log(record, step * updates_per_step)
+        return record
+
+    if start_step == 0 and cfg.eval.size != 0:
+        run_eval(0)
+
+    # --- the loop ---
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL", unit="step",
+               disable=not cfg.log.progress, dynamic_ncols=True)
+    steps_done = 0
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            torch.manual_seed(step_seed(cfg.seed, step))
+            batch_idx = stream.take(P)
+            batch_prompts = [prompts[i] for i in batch_idx]
+            references = [train_examples[i].reference for i in batch_idx for _ in range(G)]
+
+            # 1. rollout: G completions per prompt from the current policy.
+            rollout = sampler.sample(batch_prompts, G, temperature=cfg.rollout.temperature,
+                                     top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
+            t_gen = time.perf_counter()
+
+            # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
+            rewards = score(task, rollout, references, cfg)
+            adv = group_advantages(rewards["total"], G, cfg.algo.advantage)
+            keep = torch.ones(len(adv), dtype=torch.bool)
+            if cfg.algo.drop_zero_variance:
+                keep = ~zero_variance_groups(rewards["total"], G)
+
+            # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
+            model.eval()
+            old_logp = reference_logprobs(model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature)
+            ref_logp = (reference_logprobs(ref_model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature)
+                        if ref_model is not None else None)
+            model.train()
+            t_logp = time.perf_counter()
+
+            # 4. num_iterations passes, each split into minibatches of whole groups: one optimizer step each.
+            base = rollout_metrics(rewards, rollout)
+            groups = torch.arange(P)
+            records = []
+            for iteration in range(cfg.algo.num_iterations):
+                order = groups[torch.randperm(P)] if iteration > 0 else groups
+                for mb, group_chunk in enumerate(order.split(P // cfg.algo.minibatches)):
+                    idx = (group_chunk[:, None] * G + torch.arange(G)).reshape(-1)
+                    idx = idx[keep[idx]]
+                    if idx.numel() == 0:
+                        continue  # every group here had zero reward variance and was dropped
+                    gate = make_gate(cfg, tau_scale)
+                    stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=ref_logp,
+                                                adv=adv, gate=gate, cfg=cfg, group_size=G)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    on_policy = iteration == 0 and mb == 0
+                    if cfg.algo.eur_target is not None and not on_policy:
+                        # Multiplicative controller, like PPO's adaptive KL: EUR above target -> raise tau.
+                        tau_scale *= math.exp(cfg.algo.eur_rate * (stats["eur"] - cfg.algo.eur_target))
+                        tau_scale = min(max(tau_scale, 1e-3), 1e3)
+                    records.append(_update_record(stats, gate, float(grad_norm), lr, iteration, mb))
+            t_train = time.perf_counter()
+
+            # 5. log one line per optimizer step (rollout figures repeated, gate figures per update).
+            timing = {"time/generate": t_gen - t0, "time/logprobs": t_logp - t_gen, "time/train": t_train - t_logp,
+                      "time/step": t_train - t0,
+                      "perf/tokens_per_s": float(rollout.completion_lengths.sum()) / (t_train - t0)}
+            first_update = step * updates_per_step
+            for k, rec in enumerate(records):
+                line = {"step": first_update + k + 1, "rl_step": step + 1, **base, **rec, **timing,
+                        "time": time.time()}
+                log.log(line)
+                sinks.log(line, line["step"])
+            last = records[-1] if records else {}
+            bar.set_postfix(reward=f"{base['reward/total']:.2f}", acc=f"{base['train/accuracy']:.2f}",
+                            fmt=f"{base['train/format_rate']:.2f}", eur=f"{last.get('gate/eur', float('nan')):.3f}",
+                            ent=f"{last.get('policy/entropy', float('nan')):.2f}")
+
+            done = step + 1
+            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:
+                run_eval(done)
+            if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.steps:
+                save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                                scheduler=scheduler, state={"tau_scale": tau_scale, "cursor": stream.cursor},
+                                keep=cfg.log.keep_checkpoints)
+            write_run_json(run_dir, cfg, "running", done)
+            steps_done += 1
+            if stop_after is not None and steps_done >= stop_after:
+                eval_log.close()
+                sinks.close()
+                return TrainResult(run_dir, {"status": "stopped", "last_step": done})
+    except BaseException:
+        write_run_json(run_dir, cfg, "failed", start_step + steps_done)
+        raise
+    finally:
+        bar.close()
+        log.close()
+
+    # --- the end: final eval, checkpoint, summary, plots ---
+    final_eval = run_eval(cfg.steps) if cfg.eval.size != 0 else {}
+    eval_log.close()
+    sinks.close()
+    save_checkpoint(run_dir, cfg.steps, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+                    state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
+    summary = build_summary(run_dir, cfg)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from softgate.run_plots import plot_run
+
+    plot_run(run_dir)
+    write_run_json(run_dir, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
+    return TrainResult(run_dir, summary)
+
+
+def _update_record(stats: dict[str, float], gate, grad_norm: float, lr: float, iteration: int, mb: int) -> dict:
+    record = {f"gate/{k}": stats[k] for k in ("eur", "soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_min",
+                                              "ratio_max", "ratio_p05", "ratio_p50", "ratio_p95", "clamped")}
+    record.update({
+        "gate/tau_pos": gate.params.get("tau_pos", float("nan")),
+        "gate/tau_neg": gate.params.get("tau_neg", float("nan")),
+        "policy/entropy": stats["entropy"], "policy/approx_kl": stats["approx_kl"], "policy/loss": stats["loss"],
+        "policy/grad_norm": grad_norm, "policy/lr": lr, "policy/iteration": iteration, "policy/minibatch": mb,
+    })
+    if "kl_ref" in stats:
+        record["policy/kl_ref"] = stats["kl_ref"]
+    return record
+
+
+def _check_prompt_lengths(prompts: list[str], examples, tokenizer, limit: int) -> None:
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    for length, example in zip(lengths, examples):
+        if length > limit:
+            raise ConfigError(f"task.max_prompt_tokens: prompt of example {example.id!r} has {length} tokens "
+                              f"(> {limit}); raise task.max_prompt_tokens or shorten the data")
+
+
+def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Start vs end held-out figures and the gate/entropy figures of the first and last 10% of updates."""
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+
+    def window(records, key, first: bool) -> float:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if not values:
+            return float("nan")
+        k = max(1, len(values) // 10)
+        chunk = values[:k] if first else values[-k:]
+        return sum(chunk) / len(chunk)
+
+    def pick(record: dict, key: str) -> float:
+        return record.get(f"eval/{key}", float("nan")) if record else float("nan")
+
+    start, end = (evals[0], evals[-1]) if evals else ({}, {})
+    return {
+        "run_dir": str(run_dir), "gate": cfg.gate.name, **cfg.gate.params(), "seed": cfg.seed, "steps": cfg.steps,
+        "softgate_version": softgate.__version__, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "eval_start": {k: pick(start, k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                                                    "format_rate", "length_mean")},
+        "eval_end": {k: pick(end, k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                                                "format_rate", "length_mean")},
+        "train_start": {k: window(metrics, k, True) for k in ("reward/total", "policy/entropy", "gate/eur")},
+        "train_end": {k: window(metrics, k, False) for k in ("reward/total", "policy/entropy", "gate/eur")},
+        "eur_mean": _mean(metrics, "gate/eur"),
+        "eur_mean_off_policy": _mean([m for m in metrics if not (m.get("policy/iteration") == 0 and
+                                                                 m.get("policy/minibatch") == 0)], "gate/eur"),
+        "seconds_per_step": _mean(metrics, "time/step"),
+    }
+
+
+def _mean(records, key) -> float:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return sum(values) / len(values) if values else float("nan")

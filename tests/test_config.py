@@ -1,0 +1,83 @@
+"""Config loading, overrides and validation: every error names the key (and file:line when from YAML)."""
+
+from pathlib import Path
+
+import pytest
+
+from softgate.config import Config, ConfigError, load_config, save_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.task.name == "synthetic" and cfg.model.name_or_path == "embedded:tiny"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "seed: 3\ngate:\n  name: erf\n  tau_pos: 5\n")
+    cfg = load_config(path, ["gate.tau_neg=6.5", "rollout.temperature=0.9"])
+    assert cfg.seed == 3 and cfg.gate.name == "erf"
+    assert cfg.gate.tau_pos == 5.0 and isinstance(cfg.gate.tau_pos, float)
+    assert cfg.gate.tau_neg == 6.5 and cfg.rollout.temperature == 0.9
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["gate.name=clip", "gate.tau_pos=null", "gate.tau_neg=null", "gate.eps_low=0.2",
+                             "gate.eps_high=0.28"])
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+
+
+def test_unknown_key_names_file_and_line(tmp_path):
+    path = write(tmp_path, "seed: 1\ngate:\n  name: erf\n  tau_pso: 3\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml:4: unknown key 'gate.tau_pso'"):
+        load_config(path)
+
+
+def test_unknown_gate_lists_known():
+    with pytest.raises(ConfigError, match=r"gate.name: unknown gate 'sigmoidd'.*sigmoid"):
+        load_config(None, ["gate.name=sigmoidd"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("gate.tau_pos=0", "gate"),
+    ("gate.tau_neg=-1", "gate"),
+    ("rollout.num_generations=1", "rollout.num_generations"),
+    ("algo.minibatches=3", "algo.minibatches"),
+    ("algo.micro_batch_size=7", "algo.micro_batch_size"),
+    ("optim.lr=0", "optim.lr"),
+    ("steps=0", "steps"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("algo.eur_target=1.5", "algo.eur_target"),
+    ("loss.agg=mean", "loss.agg"),
+    ("task.train_file=/no/such/file.jsonl", "task.train_file"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_type_errors(tmp_path):
+    path = write(tmp_path, "steps: ten\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml:1: steps: expected an integer"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="log.progress: expected true/false"):
+        load_config(None, ["log.progress=maybe"])
+
+
+def test_mean_advantage_allows_group_of_one():
+    cfg = load_config(None, ["algo.advantage=mean", "rollout.num_generations=1", "algo.micro_batch_size=4"])
+    assert cfg.rollout.num_generations == 1
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/no/such/config.yaml")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["seed"])
