@@ -50,6 +50,9 @@ class TaskConfig:
     """Local JSONL/JSON/Parquet training file (or a hub dataset name) for file-based tasks."""
     test_file: str | None = None
     """Local held-out file for evaluation (file-based tasks)."""
+    train_mix: list[dict[str, Any]] | None = None
+    """Train on a weighted mix of tasks instead of ``train_file``: a list of ``{task: NAME, source: FILE|hf,
+    weight: W}``. Each completion is graded by its own task; held-out evaluation uses ``name``/``test_file``."""
     difficulty: int = 1
     """Synthetic task only: difficulty level of the generated problems."""
     train_size: int = 4000
@@ -400,6 +403,13 @@ def validate(cfg: Config, locate=lambda key: "") -> None:
         fail("eval", "every and size must be >= 0")
     positive("eval.temperature", cfg.eval.temperature)
     positive("eval.batch_size", cfg.eval.batch_size)
+    for i, entry in enumerate(cfg.task.train_mix or []):
+        if not isinstance(entry, dict) or not {"task", "source"} <= entry.keys() or \
+                set(entry) - {"task", "source", "weight"}:
+            fail(f"task.train_mix[{i}]", f"expected {{task: NAME, source: FILE|hf, weight: W}}, got {entry!r}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            fail(f"task.train_mix[{i}].weight", f"must be a number >= 0, got {weight!r}")
     for key in ("train_file", "test_file"):
         value = getattr(cfg.task, key)
         if value and _looks_like_path(value) and not Path(value).exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from softgate.config import ConfigError, TaskConfig
 from softgate.tasks import Examples, Task, get_task
+from softgate.tasks.mix import mix
 
 # The synthetic task's held-out split is fixed; this many problems are drawn for it.
 SYNTHETIC_TEST_SIZE = 500
@@ -18,6 +19,8 @@ def load_task(cfg: TaskConfig) -> Task:
 
 def load_examples(task: Task, cfg: TaskConfig, split: str, *, seed: int = 0) -> Examples:
     """Training (``split="train"``) or held-out (``"test"``) examples of the configured task."""
+    if split == "train" and cfg.train_mix:
+        return _load_mix(cfg, seed)
     if task.name == "synthetic":
         n = cfg.train_size if split == "train" else SYNTHETIC_TEST_SIZE
         return task.load(split, n=n, difficulty=cfg.difficulty, seed=seed)
@@ -26,8 +29,35 @@ def load_examples(task: Task, cfg: TaskConfig, split: str, *, seed: int = 0) -> 
         raise ConfigError(f"task.{split}_file: task {cfg.name!r} needs a data file (.jsonl/.json/.parquet or "
                           f"hf:owner/name)")
     limit = cfg.train_size if split == "train" and cfg.train_size > 0 else None
-    return task.load(source, limit=limit)
+    return task.load(source, limit=limit, **_hub_split(source, split))
 
 
 def render_prompts(task: Task, examples, tokenizer) -> list[str]:
     return [task.render_prompt(example, tokenizer) for example in examples]
+
+
+def _load_mix(cfg: TaskConfig, seed: int) -> Examples:
+    """The weighted mix of ``task.train_mix`` (the paper: GSM8K train + DeepMath-103K, equal weights)."""
+    sources, weights = [], []
+    for i, entry in enumerate(cfg.train_mix or []):
+        try:
+            part_task = get_task(entry["task"])
+        except KeyError as err:
+            raise ConfigError(f"task.train_mix[{i}].task: {err.args[0]}") from None
+        sources.append(part_task.load(entry["source"], **_hub_split(entry["source"], "train")))
+        weights.append(float(entry.get("weight", 1.0)))
+    n = cfg.train_size if cfg.train_size > 0 else None
+    return Examples(mix(sources, weights, n=n, seed=seed), origin="mix")
+
+
+def task_of(example, default: Task) -> Task:
+    """The task that grades ``example``: its source task when that is a registered task (mixed training data)."""
+    try:
+        return get_task(example.source) if example.source != default.name else default
+    except (KeyError, ImportError):
+        return default
+
+
+def _hub_split(source: str, split: str) -> dict[str, str]:
+    """Hugging Face datasets are asked for the split by name; local files hold one split each."""
+    return {"split": split} if str(source) == "hf" or str(source).startswith("hf:") else {}

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from softgate.stats import wilson_interval
+from softgate import evaluate as metrics
 from softgate.rollout import HFSampler
 from softgate.tasks import Task
 
@@ -59,18 +59,19 @@ def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: floa
 
 
 def summarize(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:
-    """pass@1 over all samples (mean correctness), its Wilson 95% interval, format rate, mean length."""
+    """Figures of an evaluation from its per-sample records (see ``softgate.evaluate.summarize``): pass@1 and its
+    95% interval, pass@k and maj@k for k = samples when samples > 1, format rate, mean length, truncation rate."""
+    per_item: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        per_item.setdefault(r["id"], []).append(r)
+    items = list(per_item.values())
+    summary = metrics.summarize(
+        [[r["correct"] for r in rs] for rs in items],
+        format_rewards=[[r["format_reward"] for r in rs] for rs in items],
+        lengths=[[r["length"] for r in rs] for rs in items],
+        answers=[[r["extracted"] for r in rs] for rs in items],
+        ks=sorted({1, samples}) if samples > 1 else (),
+    ).as_dict()
     n = len(records)
-    correct = sum(r["correct"] for r in records)
-    low, high = wilson_interval(correct, n) if n else (float("nan"), float("nan"))
-    return {
-        "accuracy": correct / n if n else float("nan"),
-        "accuracy_ci_low": low,
-        "accuracy_ci_high": high,
-        "format_rate": sum(r["format_reward"] == 1.0 for r in records) / n if n else float("nan"),
-        "format_reward": sum(r["format_reward"] for r in records) / n if n else float("nan"),
-        "length_mean": sum(r["length"] for r in records) / n if n else float("nan"),
-        "truncated_frac": sum(r["truncated"] for r in records) / n if n else float("nan"),
-        "n": n,
-        "samples": samples,
-    }
+    summary["truncated_frac"] = sum(r["truncated"] for r in records) / n if n else float("nan")
+    return summary

@@ -33,7 +33,7 @@ from softgate.advantages import group_advantages, zero_variance_groups
 from softgate.aggregate import normalizer as batch_normalizer
 from softgate.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from softgate.config import Config, ConfigError, save_config, to_dict
-from softgate.data import load_examples, load_task
+from softgate.data import load_examples, load_task, task_of
 from softgate.evaluator import evaluate_policy
 from softgate.forward import completion_logprobs
 from softgate.losses import policy_loss
@@ -97,10 +97,16 @@ class PromptStream:
         return out
 
 
-def score(task, rollout: Rollout, references: list[str], cfg: Config) -> dict[str, torch.Tensor]:
-    """Reward components per completion, and their weighted total. Shapes: each [N]."""
-    answer = torch.tensor(task.answer_rewards(rollout.completions, references), dtype=torch.float32)
-    fmt = torch.tensor(task.format_rewards(rollout.completions), dtype=torch.float32)
+def score(tasks: list, rollout: Rollout, references: list[str], cfg: Config) -> dict[str, torch.Tensor]:
+    """Reward components per completion, and their weighted total; ``tasks[i]`` grades completion i (mixed data
+    can hold several tasks). Shapes: each [N]."""
+    answer = torch.zeros(len(references))
+    fmt = torch.zeros(len(references))
+    for task in {id(t): t for t in tasks}.values():
+        rows = [i for i, t in enumerate(tasks) if t is task]
+        texts = [rollout.completions[i] for i in rows]
+        answer[rows] = torch.tensor(task.answer_rewards(texts, [references[i] for i in rows]), dtype=torch.float32)
+        fmt[rows] = torch.tensor(task.format_rewards(texts), dtype=torch.float32)
     total = cfg.task.answer_weight * answer + cfg.task.format_weight * fmt
     return {"total": total, "answer": answer, "format": fmt}
 
@@ -226,7 +232,8 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
         test_examples = test_examples[: cfg.eval.size]
     if len(train_examples) == 0:
         raise ConfigError("task: the training split is empty")
-    prompts = [task.render_prompt(e, tokenizer) for e in train_examples]
+    example_tasks = [task_of(e, task) for e in train_examples]
+    prompts = [t.render_prompt(e, tokenizer) for t, e in zip(example_tasks, train_examples)]
     _check_prompt_lengths(prompts, train_examples, tokenizer, cfg.task.max_prompt_tokens)
 
     G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
@@ -290,7 +297,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             t_gen = time.perf_counter()
 
             # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
-            rewards = score(task, rollout, references, cfg)
+            rewards = score([example_tasks[i] for i in batch_idx for _ in range(G)], rollout, references, cfg)
             adv = group_advantages(rewards["total"], G, cfg.algo.advantage)
             keep = torch.ones(len(adv), dtype=torch.bool)
             if cfg.algo.drop_zero_variance:

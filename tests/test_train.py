@@ -164,3 +164,23 @@ def test_cli_config_error_exit_code(capsys):
 
     assert main(["train", "--set", "gate.name=nope"]) == 2
     assert "unknown gate 'nope'" in capsys.readouterr().err
+
+
+def test_mixed_training_data_is_graded_by_each_examples_task(tiny_random_model, tmp_path):
+    from softgate.config import load_config as load
+    from softgate.data import load_examples, load_task, task_of
+
+    cfg = load(None, ["task.name=gsm8k", "task.test_file=tests/fixtures/gsm8k.jsonl", "task.train_size=12",
+                      "task.train_mix=[{task: gsm8k, source: tests/fixtures/gsm8k.jsonl, weight: 1},"
+                      " {task: deepmath, source: tests/fixtures/deepmath.jsonl, weight: 1}]"])
+    task = load_task(cfg.task)
+    examples = load_examples(task, cfg.task, "train", seed=0)
+    assert len(examples) == 12
+    assert sorted({e.source for e in examples}) == ["deepmath", "gsm8k"]
+    assert {task_of(e, task).name for e in examples} == {"gsm8k", "deepmath"}
+    # One RL step on that mix runs (prompts long enough for the fixture questions).
+    train(small_config(tiny_random_model, tmp_path / "run", "steps=1", "eval.size=2", "task.name=gsm8k",
+                       "task.test_file=tests/fixtures/gsm8k.jsonl", "task.train_size=12",
+                       "task.train_mix=[{task: gsm8k, source: tests/fixtures/gsm8k.jsonl},"
+                       " {task: deepmath, source: tests/fixtures/deepmath.jsonl}]"))
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
