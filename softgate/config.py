@@ -97,7 +97,26 @@ class GateConfig:
     """Tail index of the ``student`` gate (1 = arctan, 2 ~ softsign, inf -> erf)."""
 
     def params(self) -> dict[str, float]:
-        """The parameters handed to ``softgate.gates.make``: the ones that are set."""
+        """The parameters handed to ``softgate.gates.make``: the set ones that the family accepts.
+
+        The temperature defaults (10, 12: the paper's best) apply to temperature families only, so that
+        ``gate.name=clip`` works without unsetting them; a value that differs from its default and that the family
+        does not accept is an error (``validate``), never silently dropped.
+        """
+        from softgate import gates
+
+        accepted = gates.defaults(self.name)
+        return {key: value for key, value in self._set_params().items() if key in accepted}
+
+    def ignored_params(self) -> dict[str, float]:
+        """Set parameters the family does not accept and that differ from their config defaults."""
+        from softgate import gates
+
+        accepted, defaults = gates.defaults(self.name), GateConfig.__dataclass_fields__
+        return {key: value for key, value in self._set_params().items()
+                if key not in accepted and value != defaults[key].default}
+
+    def _set_params(self) -> dict[str, float]:
         names = ("tau_pos", "tau_neg", "eps_low", "eps_high", "nu")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
@@ -361,8 +380,12 @@ def validate(cfg: Config, locate=lambda key: "") -> None:
 
     from softgate import gates  # light import: maths only
 
-    if cfg.gate.name not in gates.names():
-        fail("gate.name", f"unknown gate {cfg.gate.name!r}; known gates: {', '.join(gates.names())}")
+    known = [*gates.names(), *gates.aliases()]
+    if cfg.gate.name not in known:
+        fail("gate.name", f"unknown gate {cfg.gate.name!r}; known gates: {', '.join(known)}")
+    for key, value in cfg.gate.ignored_params().items():
+        fail(f"gate.{key}", f"gate {cfg.gate.name!r} has no parameter {key} (set to {value}); it accepts "
+             f"{', '.join(gates.defaults(cfg.gate.name)) or 'none'}")
     try:
         gates.make(cfg.gate.name, **cfg.gate.params())
     except (ValueError, TypeError) as err:

@@ -28,7 +28,7 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    cfg = load_config(None, ["gate.name=clip", "gate.tau_pos=null", "gate.tau_neg=null", "gate.eps_low=0.2",
+    cfg = load_config(None, ["gate.name=clip", "gate.eps_low=0.2",
                              "gate.eps_high=0.28"])
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
@@ -81,3 +81,18 @@ def test_missing_file_and_bad_override():
         load_config("/no/such/config.yaml")
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["seed"])
+
+
+def test_gate_params_follow_the_family():
+    from softgate.config import load_config as load
+
+    clip = load(None, ["gate.name=clip", "gate.eps_high=0.28"])
+    assert clip.gate.params() == {"eps_high": 0.28}  # the temperature defaults do not apply to clip
+    assert load(None, ["gate.name=identity"]).gate.params() == {}
+    assert load(None, ["gate.name=algebraic"]).gate.params() == {"tau_pos": 10.0, "tau_neg": 12.0}
+    assert load(None, ["gate.name=student", "gate.nu=2"]).gate.params() == {"tau_pos": 10.0, "tau_neg": 12.0,
+                                                                            "nu": 2.0}
+    with pytest.raises(ConfigError, match=r"gate.tau_pos: gate 'clip' has no parameter tau_pos"):
+        load(None, ["gate.name=clip", "gate.tau_pos=5"])
+    with pytest.raises(ConfigError, match=r"gate.nu: gate 'erf' has no parameter nu"):
+        load(None, ["gate.name=erf", "gate.nu=3"])
