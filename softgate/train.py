@@ -39,6 +39,7 @@ from softgate.forward import completion_logprobs
 from softgate.losses import policy_loss
 from softgate.metrics import JsonlLogger, TrackingSinks, read_jsonl, truncate_after
 from softgate.modeling import load_model_and_tokenizer
+from softgate.rewards import grader_stats, reset_grader_stats
 from softgate.rollout import Rollout, make_sampler
 
 RUN_SCHEMA = 1
@@ -100,6 +101,7 @@ class PromptStream:
 def score(tasks: list, rollout: Rollout, references: list[str], cfg: Config) -> dict[str, torch.Tensor]:
     """Reward components per completion, and their weighted total; ``tasks[i]`` grades completion i (mixed data
     can hold several tasks). Shapes: each [N]."""
+    reset_grader_stats()
     answer = torch.zeros(len(references))
     fmt = torch.zeros(len(references))
     for task in {id(t): t for t in tasks}.values():
@@ -109,6 +111,12 @@ def score(tasks: list, rollout: Rollout, references: list[str], cfg: Config) -> 
         fmt[rows] = torch.tensor(task.format_rewards(texts), dtype=torch.float32)
     total = cfg.task.answer_weight * answer + cfg.task.format_weight * fmt
     return {"total": total, "answer": answer, "format": fmt}
+
+
+def grader_metrics() -> dict[str, float]:
+    """Grader events of the last scoring call: timeouts and errors give reward 0 and are counted, never hidden."""
+    stats = grader_stats()
+    return {f"grader/{k}": float(stats[k]) for k in ("timeouts", "errors", "too_long", "no_answer")}
 
 
 @torch.no_grad()
@@ -312,7 +320,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             t_logp = time.perf_counter()
 
             # 4. num_iterations passes, each split into minibatches of whole groups: one optimizer step each.
-            base = rollout_metrics(rewards, rollout)
+            base = {**rollout_metrics(rewards, rollout), **grader_metrics()}
             groups = torch.arange(P)
             records = []
             for iteration in range(cfg.algo.num_iterations):

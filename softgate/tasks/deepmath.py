@@ -1,0 +1,40 @@
+"""DeepMath-103K: ``question`` / ``final_answer`` (plus ``difficulty``, ``topic``); the paper's second train set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from softgate.tasks.base import Example, Examples, Task, get_field, load_records, merge_columns, row_id
+
+NAME = "deepmath"
+HF_NAME = "zwhe99/DeepMath-103K"  # split train
+COLUMNS = {"question": "question", "answer": "final_answer", "id": "id"}
+META_COLUMNS = ("difficulty", "topic")
+
+
+def load_deepmath(
+    source: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    hf_config: str | None = None,
+) -> Examples:
+    """DeepMath examples; ``columns`` maps the roles ``question``, ``answer`` and ``id``."""
+    cols = merge_columns(COLUMNS, columns)
+
+    def parse(row: Mapping[str, Any], index: int) -> Example:
+        question = get_field(row, cols["question"], "question")
+        answer = get_field(row, cols["answer"], "answer")
+        meta = {k: row[k] for k in META_COLUMNS if k in row}
+        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], NAME, index), NAME, meta)
+
+    return load_records(
+        source, parse, split=split or "train", hf_config=hf_config, skip_invalid=skip_invalid, limit=limit
+    )
+
+
+TASK = Task(name=NAME, extract=("answer", "boxed"), symbolic=True, loader=load_deepmath, default_hf=(HF_NAME,))
