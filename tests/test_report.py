@@ -1,0 +1,372 @@
+"""softgate.report on synthetic run directories written here, with table entries worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from softgate import report as rp
+
+STEPS = 40
+
+
+def write_run(
+    run_dir: Path,
+    *,
+    gate: str | None,
+    params: dict[str, float],
+    seed: int,
+    status: str | None = "finished",
+    format_from: int | None = 10,
+    eur: float = 0.8,
+    entropy: float = 1.0,
+    evals: list[dict[str, Any]] | None = None,
+    steps: int = STEPS,
+    extra_metrics: dict[str, float] | None = None,
+) -> Path:
+    """A run directory: run.json (unless status is None), metrics.jsonl, eval.jsonl.
+
+    reward/format is 0 before step ``format_from`` and 1 from it on (never 1 when None), so with the default
+    5-step trailing mean it first reaches 0.9 at step ``format_from + 4`` (5 ones in the window; 4 give 0.8).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if status is not None:
+        info = {"schema": 1, "softgate_version": "0.1.0", "status": status, "gate": gate, **params, "seed": seed,
+                "steps": steps, "last_step": steps if status == "finished" else steps // 2}
+        (run_dir / "run.json").write_text(json.dumps(info))
+    with open(run_dir / "metrics.jsonl", "w") as fh:
+        for step in range(1, steps + 1):
+            fmt = 1.0 if format_from is not None and step >= format_from else 0.0
+            row = {"step": step, "reward/total": fmt + 0.5, "reward/format": fmt, "train/accuracy": 0.5,
+                   "gate/eur": eur, "policy/entropy": entropy, "response/length_mean": 20.0,
+                   **(extra_metrics or {})}
+            fh.write(json.dumps(row) + "\n")
+    if evals is not None:
+        with open(run_dir / "eval.jsonl", "w") as fh:
+            for row in evals:
+                fh.write(json.dumps(row) + "\n")
+    return run_dir
+
+
+def ev(step: int, acc: float, task: str | None = "synthetic") -> dict[str, Any]:
+    row: dict[str, Any] = {"step": step, "eval/accuracy": acc, "eval/n": 100}
+    if task is not None:
+        row["eval/task"] = task
+    return row
+
+
+GRPO = {"eps_low": 0.2, "eps_high": 0.2}
+SIG = {"tau_pos": 10.0, "tau_neg": 12.0}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    """grpo and sigmoid(10, 12), seeds 0..2, with hand-picked final accuracies and format onsets."""
+    root = tmp_path / "sweep"
+    grpo_acc, sig_acc = [0.5, 0.5, 0.8], [0.75, 0.75, 0.75]
+    grpo_fmt = [20, 30, None]
+    for seed in range(3):
+        write_run(root / "grpo" / f"seed{seed}", gate="clip", params=GRPO, seed=seed, format_from=grpo_fmt[seed],
+                  eur=0.9, entropy=1.0, evals=[ev(0, 0.1), ev(20, 0.3), ev(STEPS, grpo_acc[seed])])
+        write_run(root / "sigmoid" / f"seed{seed}", gate="sigmoid", params=SIG, seed=seed, format_from=5,
+                  eur=0.7, entropy=1.5, evals=[ev(0, 0.1), ev(STEPS, sig_acc[seed])])
+    return root
+
+
+def table(report: rp.Report, title_start: str) -> rp.Table:
+    (t,) = [t for t in report.tables if t.title.startswith(title_start)]
+    return t
+
+
+def row(t: rp.Table, first: str) -> dict[str, str]:
+    (r,) = [r for r in t.rows if r[0] == first]
+    return dict(zip(t.columns, r))
+
+
+def tables_only(paths: list[Path], **options: Any) -> rp.Report:
+    runs = rp.load_runs(paths)
+    opt = rp.ReportOptions(**options)
+    variants = rp.group_variants(runs, opt.include_partial)
+    tables, data, notes = rp.compute_tables(runs, variants, opt)
+    return rp.Report(runs, variants, tables, [], data, notes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Numbers
+
+
+def test_smoothing_threshold_and_final_value():
+    import numpy as np
+
+    v = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert rp.smooth(v, 2).tolist() == [0.0, 0.5, 1.5, 2.5, 3.5]
+    assert rp.smooth(v, 1).tolist() == v.tolist()
+    steps = np.arange(1.0, 11.0)
+    fmt = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=float)
+    # trailing 5-step means: ..., step 6 -> 4/5 = 0.8, step 7 -> 5/5 = 1.0
+    assert rp.steps_to_threshold(steps, fmt, 0.9, 5) == 7.0
+    assert rp.steps_to_threshold(steps, fmt, 0.9, 1) == 3.0
+    assert rp.steps_to_threshold(steps, np.zeros(10), 0.9, 5) is None
+    # final = mean of the last max(window, ceil(10% of n)) values: n = 30 -> last 5; window 2 -> last 3
+    x = np.arange(30.0)
+    assert rp.final_value(x, 5) == pytest.approx(np.mean([25, 26, 27, 28, 29]))
+    assert rp.final_value(x, 2) == pytest.approx(np.mean([27, 28, 29]))
+    assert rp.final_value(np.array([]), 5) is None
+
+
+def test_known_values_give_known_table_entries(sweep_dir: Path):
+    report = tables_only([sweep_dir])
+    assert [v.name for v in report.variants] == ["grpo-eps0.2", "sigmoid-10-12"]
+
+    acc = table(report, "Final held-out accuracy")
+    # grpo: [0.5, 0.5, 0.8] = 0.5 + 0.3 * [0, 0, 1] -> mean 60, CI [50, 80] (see test_stats: [0, 0, 1] -> [0, 1]).
+    # The last eval entry counts (step 40), not the step-20 one.
+    assert row(acc, "grpo-eps0.2")["synthetic"] == "60.0 [50.0, 80.0]"
+    assert row(acc, "sigmoid-10-12")["synthetic"] == "75.0 [75.0, 75.0]"
+    assert row(acc, "grpo-eps0.2")["seeds"] == "3"
+    # base model = step-0 evals pooled over all six runs: all 0.1.
+    assert row(acc, "base model (step 0)")["synthetic"] == "10.0 [10.0, 10.0]"
+
+    train = table(report, "Training summary")
+    g, s = row(train, "grpo-eps0.2"), row(train, "sigmoid-10-12")
+    assert g["reached format >= 0.9"] == "2/3"
+    assert g["per seed"] == "24, 34, not reached"  # onset + 4 with a 5-step trailing mean
+    assert s["per seed"] == "9, 9, 9"
+    assert s["steps to format >= 0.9"] == "9 [9, 9]"
+    assert g["mean EUR"] == "0.900 [0.900, 0.900]"
+    assert s["final entropy"] == "1.500 [1.500, 1.500]"
+    # final reward/total = mean of last 5 steps = 1.5 (format on) for grpo seeds 0, 1 and 0.5 for seed 2:
+    # 0.5 + 1.0 * [1, 1, 0] -> mean 1.1667, CI [0.5, 1.5].
+    assert g["final reward/total"] == "1.167 [0.500, 1.500]"
+
+    diff = table(report, "Paired differences against GRPO")
+    d = row(diff, "sigmoid-10-12")
+    # sigmoid - grpo per seed: [0.25, 0.25, -0.05] = 0.25 - 0.3 * [0, 0, 1] -> mean 15, CI [-5, 25] points.
+    assert d["Δ synthetic acc (points)"] == "15.0 [-5.0, 25.0] (3 pairs)"
+    # steps to format: pairs where both reached: seed 0: 9 - 24, seed 1: 9 - 34 -> mean -20, CI [-25, -15].
+    assert d["Δ steps to format"] == "-20 [-25, -15] (2 pairs)"
+    # Per-run mean (EUR, entropy): (0.9, 1.0) x3 and (0.7, 1.5) x3 lie on one falling line: r = -1.
+    assert report.data["eur_entropy_pearson_r"] == pytest.approx(-1.0)
+    dj = report.data["variants"]["sigmoid-10-12"]["vs_grpo"]
+    assert dj["accuracy/synthetic"]["mean"] == pytest.approx(0.15)
+    assert dj["accuracy/synthetic"]["seeds"] == [0, 1, 2]
+
+
+def test_paper_table1_layout_and_summary_fallback(tmp_path: Path):
+    root = tmp_path / "runs"
+    tasks = {"gsm8k": (0.80, 0.82), "math500": (0.56, 0.58), "aime2024+2025": (0.033, 0.083)}
+    for seed in range(2):
+        evals = []
+        for task, (start, end) in tasks.items():
+            evals += [ev(0, start, task), ev(STEPS, end + 0.01 * seed, task)]
+        write_run(root / f"erf-s{seed}", gate="erf", params=SIG, seed=seed, evals=evals)
+    # A run with summary.json only (no eval.jsonl): the trainer's layout {"eval_end": {"accuracy": ..}}.
+    run = write_run(root / "arctan-s0", gate="arctan", params=SIG, seed=0)
+    info = json.loads((run / "run.json").read_text())
+    info["task"] = "gsm8k"
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "summary.json").write_text(json.dumps({"eval_start": {"accuracy": 0.8}, "eval_end": {"accuracy": 0.9}}))
+    report = tables_only([root])
+    t = table(report, "Held-out accuracy (%), the paper's Table 1 layout")
+    assert t.columns == ["variant", "GSM8K", "MATH500", "aime2024+2025", "seeds"]
+    assert row(t, "erf-10-12")["GSM8K"] == "82.5 [82.0, 83.0]"
+    assert row(t, "arctan-10-12")["GSM8K"] == "90.0 (n=1)"
+    assert row(t, "arctan-10-12")["MATH500"] == "—"
+    assert row(t, "base model (step 0)")["MATH500"] == "56.0 [56.0, 56.0]"
+    assert "no GRPO (clip gate) variant: paired differences skipped" in report.notes
+
+
+def test_aime_task_name_maps_to_paper_column(tmp_path: Path):
+    write_run(tmp_path / "r", gate="sigmoid", params=SIG, seed=0, evals=[ev(STEPS, 0.1, "aime")])
+    t = table(tables_only([tmp_path / "r"]), "Held-out accuracy (%), the paper's Table 1 layout")
+    assert t.columns == ["variant", "AIME", "seeds"]
+
+
+def test_partial_sweep_shows_status_and_excludes_unfinished(sweep_dir: Path):
+    write_run(sweep_dir / "erf" / "seed0", gate="erf", params=SIG, seed=0, status="running",
+              evals=[ev(0, 0.1), ev(20, 0.9)])
+    write_run(sweep_dir / "erf" / "seed1", gate="erf", params=SIG, seed=1, status="failed", evals=[ev(0, 0.1)])
+    report = tables_only([sweep_dir])
+    runs = table(report, "Runs")
+    statuses = {r[0]: r[3] for r in runs.rows}
+    assert statuses["erf/seed0"] == "running" and statuses["erf/seed1"] == "failed"
+    assert statuses["grpo/seed0"] == "finished"
+    assert dict(zip(runs.columns, next(r for r in runs.rows if r[0] == "erf/seed0")))["step/steps"] == "20/40"
+    assert "2 run(s) with status failed, running are plotted but left out" in runs.note
+    acc = table(report, "Final held-out accuracy")
+    assert row(acc, "erf-10-12")["synthetic"] == "—" and row(acc, "erf-10-12")["seeds"] == "0"
+    assert row(table(report, "Training summary"), "erf-10-12")["reached format >= 0.9"] == "—"
+    # With --include-partial the two runs count: accuracies 0.9 (last eval of the running run) and 0.1.
+    report = tables_only([sweep_dir], include_partial=True)
+    assert row(table(report, "Final held-out accuracy"), "erf-10-12")["synthetic"] == "50.0 [10.0, 90.0]"
+
+
+def test_single_run_and_logs_alone(tmp_path: Path):
+    # Logs alone: no run.json, no config: the variant comes from the directory above seedN, status unknown.
+    run = write_run(tmp_path / "x" / "my-variant" / "seed3", gate=None, params={}, seed=3, status=None)
+    (run / "eval.jsonl").write_text(json.dumps(ev(STEPS, 0.4, None)) + "\n")
+    report = tables_only([run])
+    assert [v.name for v in report.variants] == ["my-variant"]
+    r = report.runs[0]
+    assert (r.status, r.seed, r.label) == ("unknown", 3, "seed3")
+    assert row(table(report, "Final held-out accuracy"), "my-variant")["held-out"] == "40.0 (n=1)"
+    assert row(table(report, "Training summary"), "my-variant")["per seed"] == "14"
+
+
+def test_config_yaml_and_metrics_give_the_variant_without_run_json(tmp_path: Path):
+    run = write_run(tmp_path / "r", gate=None, params={}, seed=0, status=None,
+                    extra_metrics={"gate/tau_pos": 5.0, "gate/tau_neg": 6.0})
+    assert rp.load_run(run).variant == "tau5-6"
+    (run / "config.yaml").write_text("seed: 7\ngate: {name: erf, tau_pos: 5, tau_neg: 6}\n")
+    loaded = rp.load_run(run)
+    assert (loaded.variant, loaded.seed, loaded.gate) == ("erf-5-6", 7, "erf")
+
+
+def test_per_rl_step_grouping_uses_off_policy_updates_for_gate_figures(tmp_path: Path):
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = []
+    for rl in (1, 2):
+        for it in (0, 1):
+            for mb in (0, 1):
+                eur = 1.0 if (it, mb) == (0, 0) else 0.7 + 0.1 * mb
+                rows.append({"step": len(rows) + 1, "rl_step": rl, "reward/format": 0.25 * rl, "gate/eur": eur,
+                             "policy/entropy": 1.0 + it, "policy/iteration": it, "policy/minibatch": mb})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = rp.load_run(run)
+    assert loaded.step_unit == "RL step"
+    steps, eur = loaded.series("gate/eur")
+    assert steps.tolist() == [1.0, 2.0]
+    # off-policy updates: (0, 1) -> 0.8, (1, 0) -> 0.7, (1, 1) -> 0.8: mean 0.7667; the on-policy 1.0 is left out
+    assert eur.tolist() == pytest.approx([2.3 / 3, 2.3 / 3])
+    assert loaded.series("policy/entropy")[1].tolist() == [1.5, 1.5]  # all four updates
+    assert loaded.series("reward/format")[1].tolist() == [0.25, 0.5]
+
+
+def test_sweep_manifest_names_variants(tmp_path: Path):
+    root = tmp_path / "sw"
+    write_run(root / "soft" / "seed0", gate="sigmoid", params=SIG, seed=0)
+    write_run(root / "soft" / "seed5", gate="sigmoid", params=SIG, seed=5)
+    manifest = {"schema": 1, "cells": [
+        {"name": "soft/seed0", "variant": "soft", "seed": 0, "run_dir": "soft/seed0"},
+        {"name": "soft/seed5", "variant": "soft", "seed": 5, "run_dir": "soft/seed5"}]}
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    report = tables_only([root])
+    assert [v.name for v in report.variants] == ["soft"]
+    assert [r.cell for r in report.runs] == ["soft/seed0", "soft/seed5"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_empty_directory_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(rp.ReportError, match=r"empty: no runs found \(looked for run.json or metrics.jsonl"):
+        rp.load_runs([tmp_path / "empty"])
+    with pytest.raises(rp.ReportError, match="no such file or directory"):
+        rp.load_runs([tmp_path / "missing"])
+
+
+def test_incompatible_schema_is_a_clear_error(tmp_path: Path):
+    run = write_run(tmp_path / "r", gate="erf", params=SIG, seed=0)
+    info = json.loads((run / "run.json").read_text())
+    info["schema"] = 2
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(rp.IncompatibleRunError, match=r"run.json: schema 2, but this softgate reads schema 1"):
+        rp.load_runs([tmp_path])
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text('{"step": 1, "loss": 0.1}\n{"iteration": 2, "loss": 0.1}\n')
+    with pytest.raises(rp.IncompatibleRunError, match=r"metrics.jsonl:2: no 'step' key"):
+        rp.load_runs([old])
+
+
+def test_truncated_last_line_of_a_live_run_is_ignored(tmp_path: Path):
+    run = write_run(tmp_path / "r", gate="erf", params=SIG, seed=0, status="running", steps=3)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "reward/to')
+    assert len(rp.load_run(run).metrics) == 3
+    (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 3}\n')
+    with pytest.raises(rp.ReportError, match=r"metrics.jsonl:2: not a JSON object"):
+        rp.load_run(run)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+@pytest.fixture
+def fake_plotting(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Stand-in for softgate.plotting.plot_gates: records its gates and writes a PNG."""
+    calls: list[Any] = []
+
+    def plot_gates(gates_or_names, taus=(1.0, 5.0, 10.0), out="gates.png"):
+        assert taus is None  # each gate at its own temperatures
+        calls.append(list(gates_or_names))
+        Path(out).write_bytes(b"\x89PNG\r\n\x1a\n fake")
+
+    monkeypatch.setitem(sys.modules, "softgate.plotting", types.SimpleNamespace(plot_gates=plot_gates))
+    return calls
+
+
+def test_report_files_reference_only_files_that_exist(sweep_dir: Path, tmp_path: Path, fake_plotting):
+    out = tmp_path / "report"
+    report = rp.build_report([sweep_dir], out, rp.ReportOptions(n_resamples=2000))
+    names = [name for name, _ in report.figures]
+    assert names == ["gates.png", "curve_reward_total.png", "curve_reward_format.png", "curve_train_accuracy.png",
+                     "curve_gate_eur.png", "curve_policy_entropy.png", "curve_response_length_mean.png",
+                     "eur_vs_entropy.png"]
+    (gates,) = fake_plotting
+    assert [(g.name, g.params) for g in gates] == [("clip", GRPO), ("sigmoid", SIG)]
+    for name in names:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    page = (out / "report.html").read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    assert len(refs) == len(names)
+    for ref in refs:
+        assert ref.startswith("data:image/png;base64,") or (out / ref).is_file(), ref
+    assert "<table>" in page and "Paired differences against GRPO" in page
+
+    md = (out / "summary.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == names
+    assert all((out / link).is_file() for link in links)
+    assert "| grpo-eps0.2 | 60.0 [50.0, 80.0] | 3 |" in md
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["variants"]["grpo-eps0.2"]["heldout_accuracy"]["synthetic"]["mean"] == pytest.approx(0.6)
+    assert data["figures"] == names
+
+
+def test_report_without_plotting_module_still_writes_everything(sweep_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "softgate.plotting", None)  # import fails
+    out = tmp_path / "r"
+    report = rp.build_report([sweep_dir / "grpo" / "seed0"], out, rp.ReportOptions(n_resamples=500))
+    assert "gates.png" not in [n for n, _ in report.figures] and not (out / "gates.png").exists()
+    assert any(n.startswith("gate shape figure skipped") for n in report.notes)
+    page = (out / "report.html").read_text()
+    for ref in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page):
+        assert ref.startswith("data:") or (out / ref).is_file()
+
+
+def test_cli_report_exit_codes(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch):
+    from softgate import cli
+
+    monkeypatch.setitem(sys.modules, "softgate.plotting", None)
+    (tmp_path / "nothing").mkdir()
+    assert cli.main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no runs found" in capsys.readouterr().err
+    out = tmp_path / "o2"
+    assert cli.main(["report", str(sweep_dir / "sigmoid"), "--out", str(out), "--resamples", "200"]) == 0
+    assert "3 run(s), 1 variant(s)" in capsys.readouterr().out
+    assert (out / "summary.md").is_file() and (out / "report.html").is_file()
