@@ -1,0 +1,522 @@
+"""softgate gates inside TRL's ``GRPOTrainer`` (TRL 1.16): any registered gate, ratio level and aggregation.
+
+Usage::
+
+    from softgate.integrations.trl import SoftGateGRPOConfig, SoftGateGRPOTrainer
+
+    args = SoftGateGRPOConfig(output_dir="out", softgate_gate="erf", softgate_tau_pos=10.0, softgate_tau_neg=12.0,
+                              num_iterations=2, ...)            # every other field is TRL's GRPOConfig
+    trainer = SoftGateGRPOTrainer(model=..., reward_funcs=[...], args=args, train_dataset=...)
+    trainer.train()
+
+What changes with respect to ``GRPOTrainer``: only the loss. :meth:`SoftGateGRPOTrainer._compute_loss` computes
+the per-token log-probs with TRL's own helper, then calls :func:`softgate.losses.policy_loss` with the gate, the
+ratio level and the aggregation mode, and with a normalizer that reproduces TRL's gradient-accumulation
+semantics for the matching ``loss_type`` (:func:`trl_normalizer`):
+
+==========================  ======================  ==========================================================
+``softgate_agg``            TRL ``loss_type`` with   normalizer Z (train; eval drops the accumulation factor)
+                            the same aggregation
+==========================  ======================  ==========================================================
+seq-mean-token-mean         grpo, sapo              rows in the micro-batch * gradient_accumulation_steps
+token-mean                  dapo                    tokens of the generation batch / processes / steps per generation
+                                                    * gradient_accumulation_steps
+seq-mean-token-sum-norm     dr_grpo                 rows * max_completion_length * gradient_accumulation_steps
+==========================  ======================  ==========================================================
+
+With ``softgate_gate="sigmoid"`` and the same temperatures this is TRL's ``loss_type="sapo"``; with ``"clip"`` it
+is TRL's ``grpo`` / ``dapo`` / ``dr_grpo`` (``tests/test_integration_trl.py`` checks loss and gradients to 1e-6).
+TRL's ``loss_type`` is not read by this trainer: :class:`SoftGateGRPOConfig` sets it to TRL's loss with the same
+aggregation (``sapo`` / ``grpo`` / ``dapo`` / ``dr_grpo``), which TRL uses only for its warnings.
+
+Kept from TRL: the KL penalty (``beta``, k3 against the reference model, times the importance ratio when
+``use_bias_correction_kl``, aggregated like the policy term), ``top_entropy_quantile``, the
+off-policy sequence mask, vLLM importance-sampling correction, ``tool_mask``, the MoE router auxiliary loss, and
+TRL's ``entropy`` / ``kl`` metrics. Per-token or per-sequence weights (the entropy mask, the off-policy mask and
+the vLLM importance ratios) multiply the per-token loss as in TRL; they are non-negative and detached, and a gate
+depends on the advantage only through its sign, so ``w * f(r, A) * A == f(r, w A) * (w A)`` and they are folded
+into the advantages. A warning is logged when training is fully on-policy (the gate is then inert).
+Not supported (a clear error at construction): TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``).
+
+Metrics added to TRL's log (``self._metrics``), averaged over processes: ``gate/eur`` (the paper's Eq. 12, groups
+rebuilt from identical prompts inside each micro-batch), ``gate/soft_clip_frac``, ``gate/hard_clip_frac``,
+``gate/ratio_mean``, ``gate/ratio_p05``, ``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``,
+``gate/clamped`` (summed over processes), and ``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    import trl
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError as err:  # pragma: no cover - exercised only without TRL
+    raise ImportError(
+        f"softgate.integrations.trl needs TRL >=1.16,<1.17: pip install 'softgate[trl]' (import failed: {err})"
+    ) from err
+
+from packaging.version import Version
+
+from softgate import gates as gates_mod
+from softgate.aggregate import AGG_MODES, AggMode, aggregate
+from softgate.diagnostics import kl_estimate
+from softgate.losses import LEVELS, Level, compute_dtype, level_ratio, policy_loss, safe_log_ratio
+
+__all__ = [
+    "SUPPORTED_TRL",
+    "SoftGateGRPOConfig",
+    "SoftGateGRPOTrainer",
+    "build_gate",
+    "check_trl_version",
+    "reward_functions",
+    "trl_loss_type",
+    "trl_normalizer",
+]
+
+SUPPORTED_TRL = (">=1.16", "<1.17")
+logger = logging.getLogger(__name__)
+
+
+def check_trl_version(version: str | None = None) -> None:
+    """Raise if the installed TRL (or ``version``) is outside the tested range ``>=1.16,<1.17``.
+
+    The trainer overrides TRL's private ``_compute_loss`` and reads its internals, which change between releases.
+    """
+    found = Version(version or trl.__version__)
+    if not Version("1.16") <= found < Version("1.17"):
+        raise ImportError(
+            f"softgate.integrations.trl is tested with TRL >=1.16,<1.17 (it overrides GRPOTrainer._compute_loss), "
+            f"found TRL {found}: pip install 'softgate[trl]'"
+        )
+
+
+check_trl_version()
+
+
+def build_gate(
+    name: str,
+    *,
+    tau_pos: float,
+    tau_neg: float,
+    eps_low: float,
+    eps_high: float,
+    extra: dict[str, float] | None = None,
+) -> gates_mod.Gate:
+    """The softgate gate ``name``; each value is passed only if the family accepts it (``param_defaults``):
+    temperature families take ``tau_pos`` / ``tau_neg``, ``clip`` takes ``eps_low`` / ``eps_high``, ``identity``
+    nothing. ``extra`` is passed on as given (e.g. the student gate's ``nu``); an unknown key is an error."""
+    accepted = gates_mod.gate_class(name).param_defaults
+    given = {"tau_pos": tau_pos, "tau_neg": tau_neg, "eps_low": eps_low, "eps_high": eps_high}
+    params = {key: float(value) for key, value in given.items() if key in accepted}
+    params.update({key: float(value) for key, value in (extra or {}).items()})
+    return gates_mod.make(name, **params)
+
+
+@dataclasses.dataclass
+class SoftGateGRPOConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus the softgate loss options (``softgate_*``).
+
+    The gate temperatures live in one place: ``softgate_tau_pos`` / ``softgate_tau_neg`` when set, else TRL's
+    ``sapo_temperature_pos`` / ``sapo_temperature_neg``; after construction both pairs hold the same values. The
+    ``clip`` gate uses TRL's ``epsilon`` / ``epsilon_high``. ``loss_type`` is derived from the softgate settings
+    (:func:`trl_loss_type`); a value passed for it is replaced.
+    """
+
+    softgate_gate: str = dataclasses.field(
+        default="sigmoid",
+        metadata={"help": "softgate gate family (`softgate gates list`): sigmoid, erf, arctan, softsign, clip..."},
+    )
+    softgate_tau_pos: float | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Gate temperature for tokens with A > 0. None: TRL's `sapo_temperature_pos`."},
+    )
+    softgate_tau_neg: float | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Gate temperature for tokens with A <= 0. None: TRL's `sapo_temperature_neg`."},
+    )
+    softgate_gate_params: dict[str, Any] | str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Further gate parameters as a dict or JSON string, e.g. '{\"nu\": 3}' (student gate)."},
+    )
+    softgate_level: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Ratio level: token, sequence (GSPO) or sequence-token. None: `importance_sampling_level`."},
+    )
+    softgate_agg: str = dataclasses.field(
+        default="seq-mean-token-mean",
+        metadata={"help": "Aggregation: seq-mean-token-mean (the paper, TRL grpo/sapo), token-mean (TRL dapo), "
+                          "seq-mean-token-sum-norm (TRL dr_grpo)."},
+    )
+    softgate_log_ratio_bound: float = dataclasses.field(
+        default=20.0,
+        metadata={"help": "|log r| is clamped to this before exp; clamped tokens get no gradient."},
+    )
+    softgate_soft_clip_threshold: float = dataclasses.field(
+        default=0.5,
+        metadata={"help": "f' below this counts in gate/soft_clip_frac."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.softgate_gate_params, str):
+            try:
+                self.softgate_gate_params = json.loads(self.softgate_gate_params)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"softgate_gate_params: not valid JSON ({err}): {self.softgate_gate_params!r}")
+        self.softgate_gate_params = dict(self.softgate_gate_params or {})
+        if self.softgate_tau_pos is None:
+            self.softgate_tau_pos = float(self.sapo_temperature_pos)
+        if self.softgate_tau_neg is None:
+            self.softgate_tau_neg = float(self.sapo_temperature_neg)
+        # One value under both names, so the saved config cannot disagree with itself.
+        self.sapo_temperature_pos, self.sapo_temperature_neg = self.softgate_tau_pos, self.softgate_tau_neg
+        if self.softgate_level is None:
+            self.softgate_level = self.importance_sampling_level
+        if self.softgate_level not in LEVELS:
+            raise ValueError(f"softgate_level: unknown level {self.softgate_level!r}; known levels: "
+                             f"{', '.join(LEVELS)}")
+        if self.softgate_agg not in AGG_MODES:
+            raise ValueError(f"softgate_agg: unknown aggregation {self.softgate_agg!r}; known modes: "
+                             f"{', '.join(AGG_MODES)}")
+        if not (math.isfinite(self.softgate_log_ratio_bound) and self.softgate_log_ratio_bound > 0):
+            raise ValueError(f"softgate_log_ratio_bound must be a positive number, got {self.softgate_log_ratio_bound}")
+        if self.softgate_gate not in gates_mod.names():
+            raise ValueError(f"softgate_gate: unknown gate {self.softgate_gate!r}; known gates: "
+                             f"{', '.join(gates_mod.names())}")
+        # TRL reads loss_type only for warnings and validation; set it to TRL's loss with the same aggregation
+        # (and the same surrogate where one exists), so that those and the saved config tell the truth.
+        self.loss_type = trl_loss_type(self.softgate_gate, self.softgate_agg)
+        # Build the gate once here so that a bad temperature fails at configuration time, naming the field.
+        try:
+            self.softgate_gate_object()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"softgate_gate={self.softgate_gate!r} with softgate_tau_pos={self.softgate_tau_pos}, "
+                             f"softgate_tau_neg={self.softgate_tau_neg}, softgate_gate_params="
+                             f"{self.softgate_gate_params}: {err}") from err
+
+    def softgate_gate_object(self) -> gates_mod.Gate:
+        """The configured gate."""
+        return build_gate(
+            self.softgate_gate,
+            tau_pos=self.softgate_tau_pos,
+            tau_neg=self.softgate_tau_neg,
+            eps_low=self.epsilon,
+            eps_high=self.epsilon if self.epsilon_high is None else self.epsilon_high,
+            extra=self.softgate_gate_params,
+        )
+
+
+def _completion_text(completion: Any) -> str:
+    """TRL passes plain strings, or for conversational data a list of messages ending with the assistant's."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # multimodal content parts
+            return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return str(content)
+    raise TypeError(f"unexpected completion type {type(completion).__name__}: expected str or list of messages")
+
+
+def reward_functions(
+    *,
+    reference_column: str = "answer",
+    extract: str | tuple[str, ...] = "answer",
+    symbolic: bool = True,
+) -> list[Any]:
+    """softgate's two rewards as TRL reward functions: ``[format_reward, answer_reward]``.
+
+    Pass them as ``reward_funcs`` (TRL sums them, as the paper does: reward = answer + format) and TRL logs
+    ``rewards/format_reward/mean`` and ``rewards/answer_reward/mean``. ``answer_reward`` reads the reference
+    answers from the dataset column ``reference_column``; ``extract`` and ``symbolic`` are those of
+    :func:`softgate.rewards.answer_rewards`.
+    """
+    from softgate import rewards
+
+    def format_reward(completions: list[Any], **_: Any) -> list[float]:
+        return rewards.format_rewards([_completion_text(c) for c in completions])
+
+    def answer_reward(completions: list[Any], **kwargs: Any) -> list[float]:
+        if reference_column not in kwargs:
+            raise KeyError(f"answer_reward needs the dataset column {reference_column!r} with the reference answers; "
+                           f"columns seen: {sorted(k for k in kwargs if not k.startswith('completion'))}")
+        references = [str(r) for r in kwargs[reference_column]]
+        return rewards.answer_rewards([_completion_text(c) for c in completions], references,
+                                      extract=extract, symbolic=symbolic)
+
+    return [format_reward, answer_reward]
+
+
+def trl_loss_type(gate: str, agg: AggMode) -> str:
+    """TRL's ``loss_type`` with the aggregation ``agg`` (``sapo`` for the sigmoid gate, whose surrogate it is)."""
+    match agg:
+        case "seq-mean-token-mean":
+            return "sapo" if gate == "sigmoid" else "grpo"
+        case "token-mean":
+            return "dapo"
+        case "seq-mean-token-sum-norm":
+            return "dr_grpo"
+    raise ValueError(f"unknown aggregation {agg!r}; known modes: {', '.join(AGG_MODES)}")
+
+
+def trl_normalizer(
+    agg: AggMode,
+    *,
+    num_rows: int,
+    train: bool,
+    grad_accum_steps: int,
+    num_items_in_batch: Tensor | float | None = None,
+    num_processes: int = 1,
+    steps_per_generation: int = 1,
+    max_completion_length: int | None = None,
+) -> Tensor | float:
+    """The whole-batch normalizer Z that makes ``softgate.aggregate`` reproduce TRL's loss scaling.
+
+    TRL scales each micro-batch loss so that summing ``gradient_accumulation_steps`` micro-batches and averaging
+    over processes gives the accumulation window's loss:
+
+    - ``seq-mean-token-mean`` (TRL grpo/sapo): ``mean over rows(token-mean) / grad_accum`` -> Z = rows * grad_accum;
+    - ``token-mean`` (TRL dapo): ``token-sum / (tokens of the generation batch / processes * grad_accum /
+      steps_per_generation)``; ``num_items_in_batch`` is the generation batch's token count over all processes;
+    - ``seq-mean-token-sum-norm`` (TRL dr_grpo): ``token-sum / (rows * max_completion_length) / grad_accum``.
+
+    In evaluation there is no accumulation (factor 1). TRL counts every row, empty ones included.
+    """
+    accum = grad_accum_steps if train else 1
+    match agg:
+        case "seq-mean-token-mean":
+            return float(num_rows * accum)
+        case "seq-mean-token-sum-norm":
+            if max_completion_length is None:
+                raise ValueError("seq-mean-token-sum-norm needs max_completion_length")
+            return float(num_rows * max_completion_length * accum)
+        case "token-mean":
+            if num_items_in_batch is None:
+                raise ValueError("token-mean needs num_items_in_batch (TRL puts it in the inputs)")
+            z = torch.as_tensor(num_items_in_batch, dtype=torch.float32).clamp(min=1.0) / num_processes
+            if train:
+                z = z * grad_accum_steps / steps_per_generation
+            return z
+    raise ValueError(f"unknown aggregation {agg!r}; known modes: {', '.join(AGG_MODES)}")
+
+
+def _prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+    """Group label per row: rows with the same (masked) prompt are the completions of one prompt.
+
+    TRL shuffles the generation batch before splitting it into micro-batches, so groups are not consecutive rows
+    and may be split; this recovers the part of each group inside the micro-batch (for EUR).
+
+    Shapes:
+        prompt_ids, prompt_mask: [B, P] -> [B] int64
+    """
+    keyed = torch.where(prompt_mask.bool(), prompt_ids, torch.full_like(prompt_ids, -1))
+    return torch.unique(keyed, dim=0, return_inverse=True)[1]
+
+
+class SoftGateGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose policy loss is softgate's gated surrogate (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SoftGateGRPOConfig):
+            raise TypeError(f"SoftGateGRPOTrainer needs args=SoftGateGRPOConfig(...), got {type(self.args).__name__}")
+        if self._entropy_bonus_enabled:
+            raise ValueError("SoftGateGRPOTrainer does not support TRL's entropy bonus (entropy_coef="
+                             f"{self.args.entropy_coef}, use_adaptive_entropy={self.args.use_adaptive_entropy}); "
+                             "set entropy_coef=0 and use_adaptive_entropy=False")
+        self.softgate_gate = self.args.softgate_gate_object()
+        self.softgate_level: Level = self.args.softgate_level
+        self.softgate_agg: AggMode = self.args.softgate_agg
+        if self.gate_is_inert():
+            logger.warning(
+                "softgate: num_iterations=1 and steps_per_generation (%d) <= gradient_accumulation_steps (%d) "
+                "without vLLM: every update is on-policy (r = 1), so the %r gate is inert and the loss is the plain "
+                "policy gradient. Reuse rollouts (num_iterations > 1, or steps_per_generation > "
+                "gradient_accumulation_steps) for the gate to act.",
+                self.args.steps_per_generation, self.args.gradient_accumulation_steps, self.args.softgate_gate)
+
+    def gate_is_inert(self) -> bool:
+        """True when TRL trains fully on-policy: old log-probs are the current ones and r = 1 for every token.
+
+        That is TRL's own condition for skipping the old log-prob pass (``_generate_and_score_completions``).
+        """
+        return (self.num_iterations == 1 and not self.use_vllm
+                and self.args.steps_per_generation <= self.args.gradient_accumulation_steps)
+
+    def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
+        """softgate's policy loss on TRL's inputs; mirrors ``GRPOTrainer._compute_loss`` outside the surrogate.
+
+        Shapes (B rows of the micro-batch, P prompt and T completion tokens):
+            inputs["prompt_ids"], inputs["prompt_mask"]: [B, P]; inputs["completion_ids"],
+            inputs["completion_mask"]: [B, T]; inputs["advantages"]: [B] or [B, T];
+            inputs["old_per_token_logps"], inputs["ref_per_token_logps"]: [B, T] (optional) -> []
+        """
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask_BT = mask.bool()
+
+        # TRL's own log-prob pass (same chunking, multimodal inputs and MoE aux loss).
+        logp_BT, entropy_BT, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep,
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+        old_logp_BT = inputs.get("old_per_token_logps")
+        # As in TRL: fully on-policy (num_iterations == 1, no vLLM) -> old = current, detached; the gate is inert.
+        old_logp_BT = logp_BT.detach() if old_logp_BT is None else old_logp_BT
+
+        advantages = inputs["advantages"]
+        weight = self._token_weights(inputs, logp_BT, old_logp_BT, entropy_BT, mask, advantages)
+        adv = advantages
+        if weight is not None:
+            # w * f(r, A) * A == f(r, w A) * (w A) for w >= 0 (the gate reads A only through its sign).
+            adv = (advantages[:, None] if advantages.dim() == 1 else advantages) * weight  # [B, 1] or [B, T]
+            if adv.shape[-1] == 1:
+                adv = adv[:, 0]
+            elif self.softgate_level == "sequence":
+                raise ValueError("softgate_level='sequence' needs one weight per sequence, but the loss has per-token "
+                                 "weights (top_entropy_quantile < 1 or token-level vLLM importance sampling); use "
+                                 "softgate_level='sequence-token'")
+
+        mode = "train" if self.model.training else "eval"
+        z = trl_normalizer(
+            self.softgate_agg,
+            num_rows=logp_BT.shape[0],
+            train=mode == "train",
+            grad_accum_steps=self.current_gradient_accumulation_steps,
+            num_items_in_batch=inputs.get("num_items_in_batch"),
+            num_processes=self.accelerator.num_processes,
+            steps_per_generation=self.args.steps_per_generation,
+            max_completion_length=self.args.max_completion_length,
+        )
+        loss, stats = policy_loss(
+            logp_BT, old_logp_BT, adv, mask_BT, self.softgate_gate,
+            level=self.softgate_level,
+            agg=self.softgate_agg,
+            normalizer=z,
+            group_ids=_prompt_groups(prompt_ids, prompt_mask),
+            log_ratio_bound=self.args.softgate_log_ratio_bound,
+            soft_clip_threshold=self.args.softgate_soft_clip_threshold,
+        )
+        kl_BT = None
+        if self.beta != 0.0:
+            kl_BT = self._kl_to_reference(inputs["ref_per_token_logps"], logp_BT, old_logp_BT, mask_BT)
+            loss = loss + self.beta * aggregate(kl_BT, mask_BT, self.softgate_agg, normalizer=z)
+
+        if self.aux_loss_enabled:
+            # Scaled for accumulation like the policy term, as TRL does.
+            loss = loss + self.router_aux_loss_coef * aux_loss / (self.current_gradient_accumulation_steps
+                                                                  if mode == "train" else 1.0)
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        self._log_softgate_metrics(mode, stats, entropy_BT, mask, kl_BT)
+        return loss
+
+    def _kl_to_reference(self, ref_logp_BT: Tensor, logp_BT: Tensor, old_logp_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        """TRL's per-token KL penalty: k3 of ``ref - logp``, times the importance ratio when
+        ``use_bias_correction_kl`` (differentiable, as in TRL: DeepSeek-V3.2's unbiased reverse-KL gradient).
+
+        Shapes:
+            ref_logp_BT, logp_BT, old_logp_BT: [B, T] float, mask_BT: [B, T] bool -> [B, T]
+        """
+        bound = self.args.softgate_log_ratio_bound
+        dtype = compute_dtype(logp_BT, old_logp_BT)
+        ref_log_ratio_BT, _ = safe_log_ratio(ref_logp_BT, logp_BT, mask_BT, bound=bound, dtype=dtype)
+        kl_BT = kl_estimate(ref_log_ratio_BT, "k3")  # exp(ref - logp) - (ref - logp) - 1
+        if self.args.use_bias_correction_kl:
+            log_ratio_BT, _ = safe_log_ratio(logp_BT, old_logp_BT, mask_BT, bound=bound, dtype=dtype)
+            kl_BT = kl_BT * level_ratio(log_ratio_BT, mask_BT, self.softgate_level)
+        return kl_BT
+
+    def _token_weights(
+        self,
+        inputs: dict[str, Any],
+        logp_BT: Tensor,
+        old_logp_BT: Tensor,
+        entropy_BT: Tensor,
+        mask: Tensor,
+        advantages: Tensor,
+    ) -> Tensor | None:
+        """Product of TRL's detached multiplicative weights on the per-token loss ([B, T] or [B, 1]), or None.
+
+        Shapes:
+            logp_BT, old_logp_BT, entropy_BT, mask: [B, T]; advantages: [B] or [B, T] -> [B, T] / [B, 1] / None
+        """
+        weight: Tensor | None = None
+
+        def times(w: Tensor) -> None:
+            nonlocal weight
+            w = w.detach()
+            weight = w if weight is None else weight * w
+
+        if self.top_entropy_quantile < 1.0:
+            times(self.get_high_entropy_mask(entropy_BT, mask, 1 - self.top_entropy_quantile))
+        if self.off_policy_mask_threshold is not None:
+            sampling_logp_BT = inputs.get("sampling_per_token_logps", old_logp_BT)
+            times(self.get_off_policy_mask(
+                advantages=advantages[:, None] if advantages.dim() == 1 else advantages,
+                per_token_logps=logp_BT,
+                sampling_per_token_logps=sampling_logp_BT,
+                mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            ))
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            times(inputs["importance_sampling_ratio"])
+        return weight
+
+    def _log_softgate_metrics(
+        self, mode: str, stats: dict[str, Tensor], entropy_BT: Tensor, mask: Tensor, kl_BT: Tensor | None
+    ) -> None:
+        """TRL's ``entropy`` / ``kl`` metrics and softgate's gate statistics, reduced over processes."""
+        metrics = self._metrics[mode]
+        zero = torch.zeros((), dtype=entropy_BT.dtype, device=entropy_BT.device)
+        fmask = mask.to(entropy_BT.dtype)
+        # TRL's global_masked_mean: token-weighted over all processes.
+        sums = torch.stack([torch.where(mask.bool(), entropy_BT, zero).sum(), fmask.sum()]).detach()
+        totals = self.accelerator.reduce(sums, reduction="sum")
+        metrics["entropy"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        if kl_BT is not None:
+            kl_zero = torch.zeros((), dtype=kl_BT.dtype, device=kl_BT.device)
+            kl = torch.stack([torch.where(mask.bool(), kl_BT.detach(), kl_zero).sum(), mask.sum().to(kl_BT.dtype)])
+            kl_tot = self.accelerator.reduce(kl, reduction="sum")
+            metrics["kl"].append((kl_tot[0] / kl_tot[1].clamp(min=1.0)).item())
+
+        mean_keys = ("eur", "soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_p05", "ratio_p50",
+                     "ratio_p95", "approx_kl")
+        local = torch.stack([*(stats[k].float() for k in mean_keys), stats["clamped"].float(),
+                             stats["ratio_min"].float(), stats["ratio_max"].float()])
+        gathered = self.accelerator.gather(local[None]).reshape(-1, local.numel())  # [processes, K]
+        n = len(mean_keys)
+        for i, key in enumerate(mean_keys):
+            metrics[f"gate/{key}"].append(gathered[:, i].nanmean().item())
+        metrics["gate/clamped"].append(gathered[:, n].sum().item())
+        metrics["gate/ratio_min"].append(_nan_reduce(gathered[:, n + 1], torch.amin))
+        metrics["gate/ratio_max"].append(_nan_reduce(gathered[:, n + 2], torch.amax))
+
+
+def _nan_reduce(x: Tensor, op: Any) -> float:
+    """min / max over the non-NaN entries (NaN if there is none: no valid token anywhere)."""
+    valid = x[~torch.isnan(x)]
+    return float("nan") if valid.numel() == 0 else op(valid).item()
