@@ -1,0 +1,450 @@
+"""Policy losses: the gated surrogate of the paper (token, sequence and sequence-token ratios) and CISPO.
+
+Three independent axes, each a plain argument:
+
+- the **gate** ``f`` (a :class:`softgate.gates.Gate`, any object with ``f(ratio, adv)`` / ``df(ratio, adv)``);
+- the **level** of the importance ratio fed to the gate (``token``, ``sequence``, ``sequence-token``);
+- the **aggregation** of per-token losses (:mod:`softgate.aggregate`: ``token-mean``, ``seq-mean-token-mean``,
+  ``seq-mean-token-sum-norm``) with an explicit whole-batch normalizer for gradient accumulation.
+
+The per-token surrogate is the paper's ``J_{i,t} = f(r_{i,t}, A_{i,t}) * A_{i,t}`` and the loss is ``-J``
+aggregated. Since ``d r / d logp = r``, the gradient with respect to ``logp_{i,t}`` is exactly
+``-f'(r_{i,t}) * r_{i,t} * A_{i,t} * w_{i,t}`` (``w`` the aggregation weight, ``softgate.aggregate.token_weights``);
+this is the paper's "f'(r) * r * grad log pi * A" (section "Objective"). The gate is not detached (a detached
+gate would give ``f(r) * grad log pi``, the wrong gradient): the loss is built as ``f(r) + f'(r) * (r - sg(r))``,
+whose value is f(r) and whose gradient is f'(r) exactly, so ``Gate.df`` defines the gradient (the gates
+guarantee it equals autograd of ``Gate.f``) and each of f, f' is evaluated once per call.
+
+Numerical safety (the same in every loss here):
+
+1. the log-ratio ``logp - old_logp`` is computed in float32 (float64 if an input is float64), whatever the
+   dtype of the log-probs (bf16 log-probs lose ~3 significant digits, and exp amplifies that);
+2. masked positions are replaced by 0 with ``torch.where`` on the log-ratio *before* ``exp``, so NaN/inf stored
+   at masked positions reach neither the loss nor the gradient (the gradient there is exactly 0);
+3. the log-ratio is clamped to ``[-log_ratio_bound, +log_ratio_bound]``; a clamped token gets zero gradient
+   (the gate would give it (almost) none anyway) and is counted in ``stats["clamped"]``;
+4. all-masked rows contribute 0; an empty batch gives a zero loss that is still attached to the graph.
+
+Statistics (``stats``, all 0-dim detached tensors in the compute dtype; no ``.item()``): see
+:func:`policy_loss`. Keys carry no prefix; the trainer namespaces them (``gate/eur``, ``policy/approx_kl``...).
+Diagnostics (EUR, fractions, ratio stats, ``approx_kl``, ``kl_ref``, ``entropy``) describe this call's tokens;
+loss terms (``loss``, ``pg_loss``, ``kl_loss``, ``entropy_loss``) are this call's contribution to the total and so
+add up over micro-batches when a whole-batch normalizer is passed. Undefined statistics (no valid token) are NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, get_args
+
+import torch
+from torch import Tensor
+
+from softgate.aggregate import AGG_MODES, AggMode, aggregate, masked_mean, masked_sum
+from softgate.diagnostics import (
+    KL_ESTIMATORS,
+    KLEstimator,
+    eur,
+    group_ids as make_group_ids,
+    hard_clip_frac,
+    kl_estimate,
+    kl_k3,
+    masked_max,
+    masked_min,
+    masked_quantiles,
+    soft_clip_frac,
+)
+
+Level = Literal["token", "sequence", "sequence-token"]
+LEVELS: tuple[str, ...] = get_args(Level)
+
+__all__ = [
+    "LEVELS",
+    "GateLike",
+    "Level",
+    "cispo_loss",
+    "compute_dtype",
+    "level_ratio",
+    "policy_loss",
+    "safe_log_ratio",
+]
+
+
+class GateLike(Protocol):
+    """What the losses need from a gate (``softgate.gates.Gate`` satisfies it)."""
+
+    name: str
+    params: dict[str, float]
+
+    def f(self, ratio: Tensor, advantages: Tensor) -> Tensor: ...
+
+    def df(self, ratio: Tensor, advantages: Tensor) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks (public: the trainer and the integrations reuse them)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any given tensor is float64, else float32 (the dtype the log-ratio and the loss use)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def safe_log_ratio(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    mask_BT: Tensor,
+    *,
+    bound: float = 20.0,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Token log-ratio ``logp - old_logp``: upcast, masked to 0 before any ``exp``, clamped to +-``bound``.
+
+    Returns ``(log_ratio_BT, clamped)``: the differentiable log-ratio (0 at masked positions, zero gradient
+    there and at clamped tokens) and the number of valid tokens whose raw log-ratio exceeded the bound
+    (inf counts; NaN at a *valid* position is an upstream bug and is deliberately left to propagate).
+
+    Shapes:
+        logp_BT, old_logp_BT: [B, T] float, mask_BT: [B, T] bool -> ([B, T] dtype, [] dtype)
+    """
+    if bound <= 0:
+        raise ValueError(f"log_ratio_bound must be positive, got {bound}")
+    dtype = compute_dtype(logp_BT, old_logp_BT) if dtype is None else dtype
+    raw_BT = logp_BT.to(dtype) - old_logp_BT.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=raw_BT.device)
+    # where() on the log-ratio, before exp: its backward sends exactly 0 (not 0 * nan) to masked positions.
+    log_ratio_BT = torch.where(mask_BT, raw_BT, zero)
+    with torch.no_grad():
+        clamped = (mask_BT & (log_ratio_BT.abs() > bound)).sum().to(dtype)
+    return log_ratio_BT.clamp(-bound, bound), clamped
+
+
+def level_ratio(log_ratio_BT: Tensor, mask_BT: Tensor, level: Level) -> Tensor:
+    """The importance ratio fed to the gate at every token, for the chosen level.
+
+    - ``token`` (the paper): ``r_{i,t} = exp(log_ratio_{i,t})``.
+    - ``sequence`` (GSPO, arXiv 2507.18071): ``s_i = exp(mean_t log_ratio_{i,t})`` over valid tokens, the same
+      value at every token of row i; its gradient reaches every token through the mean (1/|o_i| each).
+    - ``sequence-token`` (GSPO-token): value ``s_i`` at every token, but the gradient of token t is that of a
+      token ratio of value ``s_i``: ``sg(s_i) * exp(log_ratio - sg(log_ratio))``, so ``d/d logp_{i,t} = s_i``.
+
+    All-masked rows get ratio 1 (log-ratio 0).
+
+    Shapes:
+        log_ratio_BT: [B, T] float (already masked and clamped), mask_BT: [B, T] bool -> [B, T]
+    """
+    match level:
+        case "token":
+            return log_ratio_BT.exp()
+        case "sequence":
+            seq_log_ratio_B = masked_mean(log_ratio_BT, mask_BT, dim=1)
+            return seq_log_ratio_B.exp()[:, None].expand_as(log_ratio_BT)
+        case "sequence-token":
+            seq_log_ratio_B1 = masked_mean(log_ratio_BT, mask_BT, dim=1).detach()[:, None]
+            return (seq_log_ratio_B1 + log_ratio_BT - log_ratio_BT.detach()).exp()
+    raise ValueError(f"unknown ratio level {level!r}; known levels: {', '.join(LEVELS)}")
+
+
+def _advantages(advantages: Tensor, mask_BT: Tensor, level: Level, dtype: torch.dtype) -> Tensor:
+    """Advantages in ``dtype``, shaped to broadcast against [B, T]: [B, 1] for per-sequence advantages (0 on
+    all-masked rows, so a NaN placeholder there cannot leak), [B, T] for per-token ones (0 at masked positions).
+
+    Keeping per-sequence advantages as [B, 1] lets the gate pick its temperature per row instead of per token.
+    """
+    B, T = mask_BT.shape
+    zero = torch.zeros((), dtype=dtype, device=mask_BT.device)
+    if advantages.shape == (B,):
+        return torch.where(mask_BT.any(dim=1), advantages.to(dtype), zero)[:, None]
+    if advantages.shape == (B, T):
+        if level == "sequence":
+            raise ValueError("level='sequence' uses one gate per sequence and needs advantages of shape [B] "
+                             f"(B={B}), got per-token advantages of shape {tuple(advantages.shape)}")
+        return torch.where(mask_BT, advantages.to(dtype), zero)
+    raise ValueError(f"advantages must have shape [B]=({B},) or [B, T]=({B}, {T}), got {tuple(advantages.shape)}")
+
+
+def _check_inputs(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str, agg: str) -> None:
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be 2-D [B, T], got shape {tuple(logp.shape)}")
+    if old_logp.shape != logp.shape:
+        raise ValueError(f"old_logp has shape {tuple(old_logp.shape)}, logp has {tuple(logp.shape)}")
+    if mask.shape != logp.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, logp has {tuple(logp.shape)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = the token counts), got dtype {mask.dtype}; "
+                        "convert with mask.bool()")
+    if level not in LEVELS:
+        raise ValueError(f"unknown ratio level {level!r}; known levels: {', '.join(LEVELS)}")
+    if agg not in AGG_MODES:
+        raise ValueError(f"unknown aggregation mode {agg!r}; known modes: {', '.join(AGG_MODES)}")
+
+
+def _resolve_group_ids(
+    batch_size: int, group_ids: Tensor | None, group_size: int | None, device: torch.device
+) -> Tensor:
+    """Group labels for EUR: explicit ids, else consecutive groups of ``group_size``, else one group per row."""
+    if group_ids is not None and group_size is not None:
+        raise ValueError("pass either group_ids or group_size, not both")
+    if group_ids is not None:
+        if group_ids.shape != (batch_size,):
+            raise ValueError(f"group_ids must have shape [B]=({batch_size},), got {tuple(group_ids.shape)}")
+        return group_ids.to(device)
+    if group_size is not None:
+        return make_group_ids(batch_size, group_size, device=device)
+    return torch.arange(batch_size, device=device)
+
+
+def _penalties(
+    logp: Tensor,
+    mask: Tensor,
+    *,
+    dtype: torch.dtype,
+    agg: AggMode,
+    normalizer: float | Tensor | None,
+    norm_len: int | None,
+    log_ratio_bound: float,
+    ref_logp: Tensor | None,
+    kl_coef: float,
+    kl_estimator: KLEstimator,
+    entropy: Tensor | None,
+    entropy_coef: float,
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Optional KL-to-reference penalty and entropy bonus, aggregated like the policy term.
+
+    Returns ``(extra_loss or None, stats)``. The KL uses ``log_ratio = ref_logp - logp`` (KL(pi_theta || pi_ref)
+    from samples of the current policy, as in GRPO), masked and clamped like the policy log-ratio.
+    """
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kl_estimator!r}; known estimators: {', '.join(KL_ESTIMATORS)}")
+    if kl_coef != 0.0 and ref_logp is None:
+        raise ValueError(f"kl_coef={kl_coef} needs ref_logp (the reference policy's token log-probs)")
+    if entropy_coef != 0.0 and entropy is None:
+        raise ValueError(f"entropy_coef={entropy_coef} needs entropy (per-token entropies [B, T])")
+    extra: Tensor | None = None
+    stats: dict[str, Tensor] = {}
+    if ref_logp is not None:
+        if ref_logp.shape != logp.shape:
+            raise ValueError(f"ref_logp has shape {tuple(ref_logp.shape)}, logp has {tuple(logp.shape)}")
+        ref_log_ratio_BT, _ = safe_log_ratio(ref_logp, logp, mask, bound=log_ratio_bound, dtype=dtype)
+        kl_BT = kl_estimate(ref_log_ratio_BT, kl_estimator)
+        with torch.no_grad():
+            stats["kl_ref"] = _masked_stat_mean(kl_BT.detach(), mask)
+        if kl_coef != 0.0:
+            kl_loss = kl_coef * aggregate(kl_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
+            stats["kl_loss"] = kl_loss.detach()
+            extra = kl_loss
+    if entropy is not None:
+        if entropy.shape != logp.shape:
+            raise ValueError(f"entropy has shape {tuple(entropy.shape)}, logp has {tuple(logp.shape)}")
+        entropy_BT = entropy.to(dtype)
+        with torch.no_grad():
+            stats["entropy"] = _masked_stat_mean(entropy_BT.detach(), mask)
+        if entropy_coef != 0.0:
+            # A bonus: maximizing entropy lowers the loss.
+            entropy_loss = -entropy_coef * aggregate(entropy_BT, mask, agg, normalizer=normalizer,
+                                                     norm_len=norm_len)
+            stats["entropy_loss"] = entropy_loss.detach()
+            extra = entropy_loss if extra is None else extra + entropy_loss
+    return extra, stats
+
+
+def _masked_stat_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid positions, NaN when there is none (a statistic, unlike masked_mean's 0 for losses)."""
+    count = mask.sum()
+    mean = masked_sum(x, mask) / count.clamp_min(1).to(x.dtype)
+    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+@torch.no_grad()
+def _ratio_stats(ratio_BT: Tensor, log_ratio_BT: Tensor, mask_BT: Tensor, clamped: Tensor) -> dict[str, Tensor]:
+    """Ratio summary over valid tokens, ``approx_kl`` (k3 of the token log-ratio), clamp count, token count."""
+    ratio_BT = ratio_BT.detach()
+    p05, p50, p95 = masked_quantiles(ratio_BT, mask_BT, (0.05, 0.5, 0.95)).unbind(0)
+    return {
+        "ratio_mean": _masked_stat_mean(ratio_BT, mask_BT),
+        "ratio_min": masked_min(ratio_BT, mask_BT),
+        "ratio_max": masked_max(ratio_BT, mask_BT),
+        "ratio_p05": p05,
+        "ratio_p50": p50,
+        "ratio_p95": p95,
+        # KL(pi_old || pi_theta) from pi_old's samples: log_ratio = logp - old_logp (Schulman's k3).
+        "approx_kl": _masked_stat_mean(kl_k3(log_ratio_BT.detach()), mask_BT),
+        "clamped": clamped,
+        "tokens": mask_BT.sum().to(ratio_BT.dtype),
+    }
+
+
+@torch.no_grad()
+def _gate_stats(df_BT: Tensor, mask_BT: Tensor, group_ids_B: Tensor, soft_clip_threshold: float) -> dict[str, Tensor]:
+    return {
+        "eur": eur(df_BT, mask_BT, group_ids_B),
+        "soft_clip_frac": soft_clip_frac(df_BT, mask_BT, soft_clip_threshold),
+        "hard_clip_frac": hard_clip_frac(df_BT, mask_BT),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    gate: GateLike,
+    *,
+    level: Level = "token",
+    agg: AggMode = "seq-mean-token-mean",
+    normalizer: float | Tensor | None = None,
+    norm_len: int | None = None,
+    group_ids: Tensor | None = None,
+    group_size: int | None = None,
+    log_ratio_bound: float = 20.0,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    soft_clip_threshold: float = 0.5,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Gated policy-gradient loss ``-agg(f(r, A) * A) [+ kl_coef * agg(KL) - entropy_coef * agg(H)]``.
+
+    Args:
+        logp: log pi_theta of the sampled tokens (differentiable), any float dtype.
+        old_logp: log pi_old of the same tokens (the sampler's / previous iterate's), no gradient needed.
+        advantages: per sequence [B] (broadcast over tokens) or per token [B, T] (not for ``level="sequence"``).
+        mask: bool, True where the token counts (response tokens, not prompt or padding).
+        gate: the gate f; the temperature is picked per token by the sign of A inside the gate.
+        level: ``token`` | ``sequence`` | ``sequence-token``, see :func:`level_ratio`.
+        agg: aggregation mode, see :mod:`softgate.aggregate`.
+        normalizer: the whole-batch normalizer (``softgate.aggregate.normalizer``); pass it to every micro-batch
+            under gradient accumulation. None: this call's own batch.
+        norm_len: Dr. GRPO's constant length for ``seq-mean-token-sum-norm`` (default T) when normalizer is None.
+        group_ids / group_size: which rows form a group (the G completions of a prompt) for EUR. With neither,
+            every sequence is its own group (EUR is then the mean over sequences of each one's mean f').
+        log_ratio_bound: clamp of the token log-ratio (and of the reference log-ratio of the KL term).
+        ref_logp, kl_coef, kl_estimator: optional KL(pi_theta || pi_ref) penalty (k1 | k2 | k3, per token).
+            ``ref_logp`` alone (kl_coef = 0) only reports ``kl_ref``.
+        entropy, entropy_coef: optional per-token entropies [B, T] and bonus weight; ``entropy`` alone only
+            reports its mean.
+        soft_clip_threshold: f' below this counts in ``soft_clip_frac`` (0.5 by default).
+
+    Returns:
+        ``(loss, stats)``. ``loss`` is a 0-dim tensor in the compute dtype (float32, or float64 for float64
+        inputs). ``stats`` (0-dim, detached): ``eur``, ``soft_clip_frac``, ``hard_clip_frac`` (f' == 0 exactly:
+        PPO's clip fraction for the ``clip`` gate, underflow-only for smooth gates), ``ratio_mean``,
+        ``ratio_min``, ``ratio_max``, ``ratio_p05``, ``ratio_p50``, ``ratio_p95`` (of the ratio fed to the gate,
+        over valid tokens), ``approx_kl`` (k3, old vs new, token level), ``clamped``, ``tokens``, ``loss``,
+        ``pg_loss``; with ``ref_logp``: ``kl_ref`` (+ ``kl_loss`` if kl_coef != 0); with ``entropy``: ``entropy``
+        (+ ``entropy_loss`` if entropy_coef != 0). ``loss = pg_loss + kl_loss + entropy_loss``.
+
+    Shapes:
+        logp, old_logp: [B, T] float; advantages: [B] or [B, T]; mask: [B, T] bool;
+        group_ids: [B] int; ref_logp, entropy: [B, T] -> ([], dict of [])
+    """
+    _check_inputs(logp, old_logp, mask, level, agg)
+    dtype = compute_dtype(logp, old_logp)
+    log_ratio_BT, clamped = safe_log_ratio(logp, old_logp, mask, bound=log_ratio_bound, dtype=dtype)
+    ratio_BT = level_ratio(log_ratio_BT, mask, level)
+    adv = _advantages(advantages, mask, level, dtype)  # [B, 1] or [B, T]
+
+    # The paper's per-token surrogate J = f(r, A) * A, whose gradient is f'(r) * A * dr = f'(r) * r * A * dlogp.
+    # f and f' are each evaluated once, without autograd, and combined so that the value is f(r) and the
+    # gradient w.r.t. r is exactly f'(r) (the term f' * (r - sg(r)) is 0 in value): autograd through f would
+    # evaluate f' again in its backward, and the stats need f' anyway. First derivatives only (no create_graph).
+    with torch.no_grad():
+        ratio_value_BT = ratio_BT.detach()
+        f_BT = gate.f(ratio_value_BT, adv)
+        df_BT = gate.df(ratio_value_BT, adv)
+    surrogate_BT = (f_BT + df_BT * (ratio_BT - ratio_value_BT)) * adv
+    pg_loss = aggregate(-surrogate_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
+
+    extra, penalty_stats = _penalties(
+        logp, mask, dtype=dtype, agg=agg, normalizer=normalizer, norm_len=norm_len,
+        log_ratio_bound=log_ratio_bound, ref_logp=ref_logp, kl_coef=kl_coef, kl_estimator=kl_estimator,
+        entropy=entropy, entropy_coef=entropy_coef,
+    )
+    loss = pg_loss if extra is None else pg_loss + extra
+
+    with torch.no_grad():
+        groups_B = _resolve_group_ids(logp.shape[0], group_ids, group_size, logp.device)
+        stats = _gate_stats(df_BT, mask, groups_B, soft_clip_threshold)
+        stats.update(_ratio_stats(ratio_BT, log_ratio_BT, mask, clamped))
+        stats.update(penalty_stats)
+        stats["pg_loss"] = pg_loss.detach()
+        stats["loss"] = loss.detach()
+    return loss, stats
+
+
+def cispo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 1.0,
+    eps_high: float = 0.28,
+    level: Level = "token",
+    agg: AggMode = "seq-mean-token-mean",
+    normalizer: float | Tensor | None = None,
+    norm_len: int | None = None,
+    group_ids: Tensor | None = None,
+    group_size: int | None = None,
+    log_ratio_bound: float = 20.0,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    soft_clip_threshold: float = 0.5,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): per token ``-sg(clip(r, 1 - eps_low, 1 + eps_high)) * A * logp``.
+
+    The importance weight is clipped and detached, and multiplies ``log pi`` itself, so no token ever loses its
+    gradient (unlike PPO's clip); the gradient w.r.t. ``logp_{i,t}`` is ``-clip(r) * A * w_{i,t}``.
+    ``eps_low = 1`` (default) means no lower bound, as in MiniMax-M1, which only bounds the weight from above;
+    ``eps_high = 0.28`` is DAPO's clip-higher value, a starting point to tune. With ``level="sequence"`` or
+    ``"sequence-token"`` the weight is GSPO's ``clip(s_i)``; since the weight is detached, both coincide.
+
+    All other arguments and the returned stats are those of :func:`policy_loss`, with the gate replaced by
+    CISPO's *equivalent gate derivative* ``f'_eff(r) = clip(r) / r`` (CISPO's gradient written as
+    ``f'_eff(r) * r * A * grad log pi``): ``eur`` and ``soft_clip_frac`` use it, ``hard_clip_frac`` (f'_eff == 0)
+    is 0 by construction, and ``is_clip_frac`` is the fraction of valid tokens whose weight is clipped.
+    The loss *value* is not a surrogate objective (it contains ``logp``); only its gradient is meaningful.
+
+    Shapes:
+        logp, old_logp: [B, T] float; advantages: [B] or [B, T]; mask: [B, T] bool -> ([], dict of [])
+    """
+    _check_inputs(logp, old_logp, mask, level, agg)
+    if not 0.0 <= eps_low <= 1.0 or eps_high < 0.0:
+        raise ValueError(f"CISPO needs 0 <= eps_low <= 1 and eps_high >= 0, got eps_low={eps_low}, "
+                         f"eps_high={eps_high}")
+    dtype = compute_dtype(logp, old_logp)
+    log_ratio_BT, clamped = safe_log_ratio(logp, old_logp, mask, bound=log_ratio_bound, dtype=dtype)
+    # The weight is stop-gradient; sequence and sequence-token levels give the same detached value s_i.
+    ratio_BT = level_ratio(log_ratio_BT.detach(), mask, "token" if level == "token" else "sequence")
+    adv = _advantages(advantages, mask, level, dtype)  # [B, 1] or [B, T]
+    weight_BT = ratio_BT.clamp(1.0 - eps_low, 1.0 + eps_high)
+    zero = torch.zeros((), dtype=dtype, device=logp.device)
+    logp_BT = torch.where(mask, logp.to(dtype), zero)  # masked NaN/inf never enter the product
+    pg_loss = aggregate(-(weight_BT * adv) * logp_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
+
+    extra, penalty_stats = _penalties(
+        logp, mask, dtype=dtype, agg=agg, normalizer=normalizer, norm_len=norm_len,
+        log_ratio_bound=log_ratio_bound, ref_logp=ref_logp, kl_coef=kl_coef, kl_estimator=kl_estimator,
+        entropy=entropy, entropy_coef=entropy_coef,
+    )
+    loss = pg_loss if extra is None else pg_loss + extra
+
+    with torch.no_grad():
+        df_eff_BT = weight_BT / ratio_BT
+        groups_B = _resolve_group_ids(logp.shape[0], group_ids, group_size, logp.device)
+        stats = _gate_stats(df_eff_BT, mask, groups_B, soft_clip_threshold)
+        stats["is_clip_frac"] = _masked_stat_mean((weight_BT != ratio_BT).to(dtype), mask)
+        stats.update(_ratio_stats(ratio_BT, log_ratio_BT, mask, clamped))
+        stats.update(penalty_stats)
+        stats["pg_loss"] = pg_loss.detach()
+        stats["loss"] = loss.detach()
+    return loss, stats
