@@ -77,6 +77,15 @@ def make_gate(cfg: Config, tau_scale: float = 1.0) -> gates.Gate:
     return gates.make(cfg.gate.name, **params)
 
 
+def eur_controller_step(tau_scale: float, eur: float, target: float, rate: float) -> float:
+    """One multiplicative update of the temperature scale, like PPO's adaptive-KL controller.
+
+    EUR above the target (too much gradient gets through) raises tau, which narrows the gate; below it lowers tau.
+    The scale stays within [1e-3, 1e3] so that one bad batch cannot run it away.
+    """
+    return min(max(tau_scale * math.exp(rate * (eur - target)), 1e-3), 1e3)
+
+
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of RL step ``step``: a run killed and resumed draws the same completions."""
     return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
@@ -341,9 +350,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                     optimizer.zero_grad(set_to_none=True)
                     on_policy = iteration == 0 and mb == 0
                     if cfg.algo.eur_target is not None and not on_policy:
-                        # Multiplicative controller, like PPO's adaptive KL: EUR above target -> raise tau.
-                        tau_scale *= math.exp(cfg.algo.eur_rate * (stats["eur"] - cfg.algo.eur_target))
-                        tau_scale = min(max(tau_scale, 1e-3), 1e3)
+                        # On-policy updates have EUR = 1 whatever tau: they carry no signal for the controller.
+                        tau_scale = eur_controller_step(tau_scale, stats["eur"], cfg.algo.eur_target,
+                                                        cfg.algo.eur_rate)
                     records.append(_update_record(stats, gate, float(grad_norm), lr, iteration, mb))
             t_train = time.perf_counter()
 

@@ -2,6 +2,7 @@
 a killed-and-resumed run equal to an uninterrupted one, and config errors."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -184,3 +185,29 @@ def test_mixed_training_data_is_graded_by_each_examples_task(tiny_random_model, 
                        "task.train_mix=[{task: gsm8k, source: tests/fixtures/gsm8k.jsonl},"
                        " {task: deepmath, source: tests/fixtures/deepmath.jsonl}]"))
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
+
+
+def test_eur_controller_direction_and_bounds():
+    from softgate.train import eur_controller_step
+
+    assert eur_controller_step(1.0, eur=0.9, target=0.7, rate=2.0) == pytest.approx(math.exp(0.4))  # too open
+    assert eur_controller_step(1.0, eur=0.5, target=0.7, rate=2.0) == pytest.approx(math.exp(-0.4))  # too shut
+    assert eur_controller_step(1.0, eur=0.7, target=0.7, rate=2.0) == 1.0
+    assert eur_controller_step(999.0, eur=1.0, target=0.1, rate=50.0) == 1e3
+    assert eur_controller_step(2e-3, eur=0.0, target=0.9, rate=50.0) == 1e-3
+
+
+def test_eur_controller_adapts_logged_temperatures(tiny_random_model, tmp_path):
+    """A random model earns no reward, so r stays 1 and EUR = 1 > target: tau must rise, keeping tau_neg / tau_pos."""
+    out = tmp_path / "run"
+    train(small_config(tiny_random_model, out, "steps=2", "eval.size=0", "algo.eur_target=0.5", "algo.eur_rate=1.0"))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    taus = [(m["gate/tau_pos"], m["gate/tau_neg"]) for m in metrics]
+    assert taus[0] == (10.0, 12.0)
+    # The logged tau is the one the update used; each off-policy update then multiplies it by exp(1.0 * (1 - 0.5)).
+    off_policy = [not (m["policy/iteration"] == 0 and m["policy/minibatch"] == 0) for m in metrics]
+    for k in range(1, len(metrics)):
+        expected = taus[k - 1][0] * (math.exp(0.5) if off_policy[k - 1] else 1.0)
+        assert taus[k][0] == pytest.approx(expected), k
+    assert taus[-1][0] > 10.0 * math.exp(2.0)
+    assert all(neg / pos == pytest.approx(1.2) for pos, neg in taus)
