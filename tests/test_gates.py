@@ -230,6 +230,79 @@ def test_f_value_under_no_grad_equals_differentiable_path() -> None:
     assert torch.equal(gate.f(x, 1.0), gate.f(x.clone().requires_grad_(True), 1.0).detach())
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_per_row_advantages_equal_the_expanded_per_token_ones(name: str, dtype: torch.dtype) -> None:
+    # The losses pass per-sequence advantages as [B, 1]; the temperature families then keep tau at [B, 1]
+    # instead of filling a [B, T] tensor. Same numbers bit for bit as the expanded [B, T] advantages, and each
+    # row as a gate with that row's temperature alone.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.exp(0.5 * torch.randn(5, 7, generator=gen, dtype=F64)).to(dtype)
+    x[0, :3] = torch.tensor([0.0, 1.0, 1e30], dtype=dtype)
+    adv_B1 = t64([[0.7], [-1.2], [0.0], [2.0], [-0.0]]).to(dtype)  # A = +-0 takes tau_neg
+    adv_BT = adv_B1.expand(5, 7).contiguous()
+    params = {"tau_pos": 2.0, "tau_neg": 7.0} if name in SMOOTH else {}
+    gate = gates.make(name, **params)
+    f, df = gate.f(x, adv_B1), gate.df(x, adv_B1)
+    assert f.shape == df.shape == (5, 7) and f.dtype == df.dtype == dtype
+    assert torch.equal(f, gate.f(x, adv_BT)) and torch.equal(df, gate.df(x, adv_BT))
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(gate.f(xg, adv_B1).sum(), xg)
+    assert torch.equal(grad, df)
+    if name in SMOOTH:
+        for row, a in enumerate(adv_B1[:, 0].tolist()):
+            tau = 2.0 if a > 0 else 7.0
+            alone = gates.make(name, **{**params, "tau_pos": tau, "tau_neg": tau})
+            # evaluated on the whole x, then the row taken: torch's vectorized and scalar tail loops may differ
+            # in the last bit, so equal bits need equal positions
+            assert torch.equal(f[row], alone.f(x, 1.0)[row]) and torch.equal(df[row], alone.df(x, 1.0)[row])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_softsign_where_z_squared_overflows(dtype: torch.dtype) -> None:
+    # |z| = tau |x - 1| beyond sqrt(max) (z^2 = inf) and z = inf: F(z) = z / sqrt(1 + z^2) is +-1 to rounding,
+    # so f = 1 + 1/tau exactly, and f' = |z|^-3 underflows to 0; a NaN ratio stays NaN.
+    tau = 4.0
+    big = math.sqrt(torch.finfo(dtype).max)
+    x = torch.tensor([big / tau * 0.5, big / tau * 2, torch.finfo(dtype).max, float("inf"), float("nan")],
+                     dtype=dtype)
+    gate = gates.make("softsign", tau_pos=tau, tau_neg=tau)
+    f, df = gate.f(x, 1.0), gate.df(x, -1.0)
+    assert torch.equal(f[:4], torch.full((4,), 1 + 1 / tau, dtype=dtype)), f
+    assert torch.equal(df[1:4], torch.zeros(3, dtype=dtype)) and 0 <= df[0].item() < 1e-40
+    assert f[4].isnan() and df[4].isnan()
+    # F itself on both sides (z < 0 needs x < 0 or a huge tau through f): odd, +-1 beyond the overflow point
+    z = torch.tensor([0.5 * big, 2 * big, float("inf")], dtype=dtype)
+    assert torch.equal(gate.primitive(z), torch.ones(3, dtype=dtype))
+    assert torch.equal(gate.primitive(-z), -torch.ones(3, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_nan_ratio_stays_nan(name: str) -> None:
+    # No guard (a clamp, a where) may turn an invalid ratio into a plausible gate value.
+    gate = gates.make(name)
+    x = t64([float("nan"), 1.5])
+    for fn in (gate.f, gate.df):
+        out = fn(x, t64([1.0, -1.0]))
+        assert out[0].isnan() and out[1].isfinite()
+
+
+@pytest.mark.parametrize("name", ["erf", "arctan", "softsign"])
+def test_second_derivative_of_each_family(name: str) -> None:
+    # autograd through the backward (df written with plain ops) against f'' by hand, u = x - 1:
+    # erf -tau^2 u e^{-tau^2 u^2 / 2}; arctan -2 tau^2 u / (1 + tau^2 u^2)^2; softsign -3 tau^2 u (1 + tau^2 u^2)^-5/2
+    tau = 3.0
+    gate = gates.make(name, tau_pos=tau, tau_neg=tau)
+    x = torch.linspace(0.2, 2.0, 50, dtype=F64).requires_grad_(True)
+    (g1,) = torch.autograd.grad(gate.f(x, 1.0).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), x)
+    u = x.detach() - 1
+    q = 1 + tau**2 * u**2
+    expected = {"erf": -tau**2 * u * torch.exp(-0.5 * tau**2 * u**2), "arctan": -2 * tau**2 * u / q**2,
+                "softsign": -3 * tau**2 * u * q**-2.5}[name]
+    torch.testing.assert_close(g2, expected, rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # clip and identity
 # ---------------------------------------------------------------------------------------------------------------
