@@ -157,8 +157,8 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    """AdamW learning rate (peak)."""
+    lr: float = 1e-4
+    """AdamW learning rate (peak). 1e-4 suits the embedded tiny model; ~1e-6 for 7B models (the paper)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     beta1: float = 0.9
@@ -293,6 +293,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

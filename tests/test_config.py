@@ -96,3 +96,11 @@ def test_gate_params_follow_the_family():
         load(None, ["gate.name=clip", "gate.tau_pos=5"])
     with pytest.raises(ConfigError, match=r"gate.nu: gate 'erf' has no parameter nu"):
         load(None, ["gate.name=erf", "gate.nu=3"])
+
+
+def test_exponent_floats_without_dot(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; float fields accept it from files and --set alike."""
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    assert load_config(write(tmp_path, "optim:\n  lr: 3e-6\n")).optim.lr == 3e-6
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        load_config(None, ["optim.lr=fast"])
