@@ -175,7 +175,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 10
+    every: int = 20
     """Evaluate on the held-out split every N RL steps (0 = only at start and end)."""
     size: int = 200
     """Held-out problems per evaluation (0 = all)."""
@@ -205,7 +205,7 @@ class LogConfig:
 class Config:
     seed: int = 0
     """Seed of everything: model sampling, data order, evaluation sampling."""
-    steps: int = 60
+    steps: int = 100
     """RL steps: each samples one rollout batch and makes num_iterations x minibatches optimizer steps."""
     output_dir: str = "runs/default"
     """Run directory (metrics.jsonl, checkpoints/, plots/, summary.json)."""

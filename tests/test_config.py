@@ -104,3 +104,20 @@ def test_exponent_floats_without_dot(tmp_path):
     assert load_config(write(tmp_path, "optim:\n  lr: 3e-6\n")).optim.lr == 3e-6
     with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
         load_config(None, ["optim.lr=fast"])
+
+
+def test_embedded_config_file_equals_the_defaults():
+    """`softgate demo` runs the defaults; configs/embedded.yaml must be the same config written out."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "embedded.yaml"
+    cfg = load_config(path)
+    cfg.output_dir = Config().output_dir
+    assert cfg == Config()
+
+
+@pytest.mark.parametrize("name", ["smollm2_synthetic.yaml", "paper_qwen2.5_7b.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    load_config(Path(__file__).resolve().parents[1] / "configs" / name)
