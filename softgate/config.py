@@ -40,6 +40,9 @@ class ModelConfig:
     """Recompute activations in backward to save memory (slower)."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    shared_prompt_pass: bool = True
+    """In log-prob passes, run each prompt once per group of G and index its KV cache out to the G completions
+    (exact; fewer tokens). Turn off for models whose cache cannot be indexed by batch."""
 
 
 @dataclass

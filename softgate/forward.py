@@ -1,9 +1,18 @@
 """Forward passes of a causal LM over rollout sequences: per-token log-probs (and entropy) of the completion.
 
-Only the last T + 1 positions' logits are computed (``logits_to_keep``): the prompt's logits are never needed.
+Two exact ways to get the same numbers:
+
+- ``completion_logprobs(..., group_ids=None)``: one pass over [prompt | completion] for every sequence; only the
+  last T + 1 positions' logits are computed (``logits_to_keep``).
+- ``completion_logprobs(..., group_ids=g)``: the G completions of a prompt share it, so the prompt is run **once
+  per group** (with gradient) and its key/value cache is indexed out to the group's rows; then only the completion
+  tokens are run against that cache. Autograd sums the G rows' gradients into the shared prompt pass, so values
+  and gradients are those of the full pass (tests check both), for about (P / G + T) / (P + T) of the tokens.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import Tensor
@@ -13,26 +22,62 @@ from softgate.rollout import position_ids_from_mask
 
 
 def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
-                        temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                        temperature: float = 1.0, with_entropy: bool = False,
+                        group_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Log-probs of the completion tokens under ``model`` (at the sampling temperature).
 
+    ``group_ids`` marks rows whose prompt part is identical (the G samples of one prompt): with it the prompt is
+    computed once per group. Rows with equal ids must have equal prompt ids and prompt mask.
+
     Shapes:
-        input_ids, attention_mask: [N, P + T]
-        returns logp [N, T] (float32) and entropy [N, T] or None
+        input_ids, attention_mask: [N, P + T]; group_ids: [N] or None
+        returns logp [N, T] (float32, or float64 for a float64 model) and entropy [N, T] or None
     """
     T = completion_len
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=T + 1,
-        use_cache=False,
-    )
-    # logits[:, t] predicts token t + 1: the T + 1 kept positions end one past the last completion token.
-    logits = out.logits[:, -(T + 1):-1, :].float()  # [N, T, V]
+    if group_ids is None:
+        logits = _full_pass_logits(model, input_ids, attention_mask, T)
+    else:
+        logits = _shared_prompt_logits(model, input_ids, attention_mask, T, group_ids)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # log-softmax in float32 at least
     if temperature != 1.0:
         logits = logits / temperature
     targets = input_ids[:, -T:]  # [N, T]
     if with_entropy:
         return logprobs_and_entropy(logits, targets)
     return token_logprobs(logits, targets), None
+
+
+def _full_pass_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1, use_cache=False)
+    # logits[:, t] predicts token t + 1: the T + 1 kept positions end one past the last completion token.
+    return out.logits[:, -(T + 1):-1, :]  # [N, T, V]
+
+
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.24 names the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int, group_ids: Tensor) -> Tensor:
+    from transformers import DynamicCache
+
+    P = input_ids.shape[1] - T
+    groups, row_to_group = torch.unique(group_ids, return_inverse=True)  # row_to_group: [N] in 0..U-1
+    # One representative row per group (the first one).
+    first_row = torch.full((len(groups),), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    first_row = first_row.scatter_reduce(0, row_to_group, torch.arange(len(row_to_group), device=input_ids.device),
+                                         reduce="amin")
+    positions = position_ids_from_mask(attention_mask)  # [N, P + T]
+    cache = DynamicCache()
+    cache_arg = {_cache_kwarg(model): cache}
+    prompt = model(input_ids=input_ids[first_row, :P], attention_mask=attention_mask[first_row, :P],
+                   position_ids=positions[first_row, :P], use_cache=True, logits_to_keep=1, **cache_arg)
+    first_logits = prompt.logits[row_to_group, -1:, :]  # [N, 1, V]: predicts completion token 0
+    if T == 1:
+        return first_logits
+    cache.batch_select_indices(row_to_group)  # differentiable indexing: the G rows share the prompt's K/V
+    rest = model(input_ids=input_ids[:, P:P + T - 1], attention_mask=attention_mask[:, :P + T - 1],
+                 position_ids=positions[:, P:P + T - 1], use_cache=True, **cache_arg)
+    return torch.cat([first_logits, rest.logits], dim=1)  # [N, T, V]

@@ -129,13 +129,15 @@ def grader_metrics() -> dict[str, float]:
 
 
 @torch.no_grad()
-def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float) -> torch.Tensor:
+def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float, shared_prompt: bool) -> torch.Tensor:
     """Log-probs of every completion token under ``model``, in micro-batches. Shape: [N, T]."""
     T = rollout.completion_mask.shape[1]
     out = []
     for i in range(0, rollout.input_ids.shape[0], micro):
-        logp, _ = completion_logprobs(model, rollout.input_ids[i:i + micro], rollout.attention_mask[i:i + micro],
-                                      T, temperature=temperature)
+        rows = slice(i, i + micro)
+        logp, _ = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows], T,
+                                      temperature=temperature,
+                                      group_ids=rollout.group_ids[rows] if shared_prompt else None)
         out.append(logp)
     return torch.cat(out)
 
@@ -155,6 +157,7 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
         logp, entropy = completion_logprobs(
             model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
             temperature=cfg.rollout.temperature, with_entropy=True,
+            group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
         )
         loss, _ = policy_loss(
             logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
@@ -322,9 +325,10 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
 
             # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
             model.eval()
-            old_logp = reference_logprobs(model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature)
-            ref_logp = (reference_logprobs(ref_model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature)
-                        if ref_model is not None else None)
+            old_logp = reference_logprobs(model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature,
+                                          cfg.model.shared_prompt_pass)
+            ref_logp = (reference_logprobs(ref_model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature,
+                                           cfg.model.shared_prompt_pass) if ref_model is not None else None)
             model.train()
             t_logp = time.perf_counter()
 
