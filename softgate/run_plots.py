@@ -15,7 +15,7 @@ PANELS = [
     ("reward/total", "total reward"),
     ("reward/format", "format reward"),
     ("train/accuracy", "train accuracy"),
-    ("gate/eur", "EUR (Eq. 12)"),
+    ("gate/eur", "EUR (Eq. 12), off-policy updates"),
     ("policy/entropy", "entropy (nats/token)"),
     ("response/length_mean", "completion length"),
 ]
@@ -31,6 +31,11 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _on_policy(record: dict) -> bool:
+    """The first update of an RL step sees r = 1 exactly (EUR = 1 whatever the gate): not informative."""
+    return record.get("policy/iteration") == 0 and record.get("policy/minibatch") == 0
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``plots/curves.png`` (training figures per optimizer step) and ``plots/eval.png`` (held-out)."""
     run_dir = Path(run_dir)
@@ -43,7 +48,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(2, 3, figsize=(13, 7))
         window = max(1, len(metrics) // 25)
         for ax, (key, title) in zip(axes.flat, PANELS):
-            points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+            rows = [m for m in metrics if not (key == "gate/eur" and _on_policy(m))]
+            points = [(m["step"], m[key]) for m in rows if m.get(key) is not None]
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, alpha=0.25, color="C0")
