@@ -20,11 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VERL_STAMP)
 	$(VERL_PY) -m pytest -q -p no:cacheprovider tests/test_integration_verl.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/test_integration_verl.py
 
 test-fast: $(STAMP) $(VERL_STAMP)
 	$(VERL_PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/test_integration_verl.py
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_integration_verl.py
 
 venv: $(STAMP)
 

@@ -121,3 +121,16 @@ def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
     load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+
+
+def test_docs_config_md_is_generated_from_the_code():
+    from pathlib import Path
+
+    from softgate.config import field_docs, reference_markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert path.read_text() == reference_markdown(), "regenerate: python -c 'from softgate.config import " \
+        "reference_markdown; open(\"docs/config.md\", \"w\").write(reference_markdown())'"
+    undocumented = [f"{cls}.{name}" for cls, fields in field_docs().items() for name, doc in fields.items()
+                    if not doc and cls != "Config"]
+    assert not undocumented, f"config fields without a docstring: {undocumented}"
