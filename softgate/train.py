@@ -96,13 +96,16 @@ class PromptStream:
 
     def __init__(self, n: int, seed: int, cursor: int = 0):
         self.n, self.seed, self.cursor = n, seed, cursor
+        self._epoch, self._order = -1, None
 
     def take(self, k: int) -> list[int]:
         out = []
         for _ in range(k):
             epoch, pos = divmod(self.cursor, self.n)
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            out.append(int(order[pos]))
+            if epoch != self._epoch:  # a new shuffle per pass over the data, a function of (seed, epoch) only
+                self._epoch = epoch
+                self._order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            out.append(int(self._order[pos]))
             self.cursor += 1
         return out
 

@@ -249,3 +249,14 @@ def test_one_rl_step_on_smollm2_from_gguf(tmp_path):
     assert len(metrics) == 4
     assert all(m["policy/entropy"] > 0 and m["response/length_mean"] > 0 for m in metrics)
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_prompt_stream_resumes_mid_epoch():
+    from softgate.train import PromptStream
+
+    whole = PromptStream(10, seed=3)
+    first = whole.take(25)  # crosses two epoch boundaries
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
+    assert first[:10] != first[10:20]  # each pass reshuffles
+    resumed = PromptStream(10, seed=3, cursor=13)
+    assert resumed.take(12) == first[13:25]
