@@ -12,13 +12,11 @@ Two exact ways to get the same numbers:
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor
 
 from softgate.logprobs import logprobs_and_entropy, token_logprobs
-from softgate.rollout import position_ids_from_mask
+from softgate.rollout import cache_kwarg, position_ids_from_mask
 
 
 def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
@@ -55,11 +53,6 @@ def _full_pass_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int) 
     return out.logits[:, -(T + 1):-1, :]  # [N, T, V]
 
 
-def _cache_kwarg(model) -> str:
-    """transformers >= 5.24 names the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int, group_ids: Tensor) -> Tensor:
     from transformers import DynamicCache
 
@@ -71,7 +64,7 @@ def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: i
                                          reduce="amin")
     positions = position_ids_from_mask(attention_mask)  # [N, P + T]
     cache = DynamicCache()
-    cache_arg = {_cache_kwarg(model): cache}
+    cache_arg = {cache_kwarg(model): cache}
     prompt = model(input_ids=input_ids[first_row, :P], attention_mask=attention_mask[first_row, :P],
                    position_ids=positions[first_row, :P], use_cache=True, logits_to_keep=1, **cache_arg)
     first_logits = prompt.logits[row_to_group, -1:, :]  # [N, 1, V]: predicts completion token 0

@@ -52,6 +52,13 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def cache_kwarg(model) -> str:
+    """transformers >= 5.24 names the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
     """Mask of tokens up to and including the first EOS, and which rows never produced EOS.
 
@@ -76,12 +83,17 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 class HFSampler:
-    """Batched sampling with ``model.generate`` and its KV cache."""
+    """Batched sampling with ``model.generate`` and its KV cache.
 
-    def __init__(self, model, tokenizer, *, batch_size: int | None = None):
+    With ``shared_prompt`` (and all sequences in one call), each distinct prompt is prefilled once and its cache
+    repeated for its G samples, instead of prefilling the same prompt G times; the sampled tokens are the same.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int | None = None, shared_prompt: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # max sequences per generate call (None = all at once)
+        self.shared_prompt = shared_prompt
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
@@ -98,11 +110,15 @@ class HFSampler:
         chunk = self.batch_size or n
         was_training = self.model.training
         self.model.eval()
+        prefilled = {}
+        if self.shared_prompt and chunk == n and num_generations > 1 and prompt_ids.shape[1] > 1:
+            prefilled = self._prefill(enc["input_ids"].to(device), enc["attention_mask"].to(device), num_generations)
         pieces = []
         for start in range(0, n, chunk):
             out = self.model.generate(
                 input_ids=prompt_ids[start:start + chunk],
                 attention_mask=prompt_mask[start:start + chunk],
+                **prefilled,
                 do_sample=do_sample,
                 temperature=temperature if do_sample else None,
                 top_p=top_p if do_sample else None,
@@ -119,6 +135,22 @@ class HFSampler:
         )
         return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
                          num_generations)
+
+    def _prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int) -> dict:
+        return _prefill_cache(self.model, prompt_ids, prompt_mask, repeats)
+
+
+def _prefill_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int) -> dict:
+    """KV cache of all prompt tokens but the last, computed once per distinct prompt and repeated ``repeats`` times
+    (``generate`` then feeds the last prompt token itself and samples from there)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+          position_ids=position_ids_from_mask(prompt_mask)[:, :-1], use_cache=True, logits_to_keep=1,
+          **{cache_kwarg(model): cache})
+    cache.batch_repeat_interleave(repeats)
+    return {cache_kwarg(model): cache}
 
 
 def _assemble(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, eos_ids: list[int], pad_id: int,
@@ -188,10 +220,10 @@ class VLLMSampler:
                          num_generations)
 
 
-def make_sampler(backend: str, model, tokenizer) -> Sampler:
+def make_sampler(backend: str, model, tokenizer, *, shared_prompt: bool = True) -> Sampler:
     match backend:
         case "hf":
-            return HFSampler(model, tokenizer)
+            return HFSampler(model, tokenizer, shared_prompt=shared_prompt)
         case "vllm":
             return VLLMSampler(model, tokenizer)
     raise ValueError(f"rollout.backend: unknown backend {backend!r}; choose 'hf' or 'vllm'")

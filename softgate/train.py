@@ -266,7 +266,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
-    sampler = make_sampler(cfg.rollout.backend, model, tokenizer)
+    sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
 
     # --- resume ---
     start_step, tau_scale, cursor = 0, 1.0, 0
