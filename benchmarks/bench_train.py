@@ -3,10 +3,12 @@ utilization against this machine's measured fp32 matmul peak.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 6] [--model embedded:tiny] [--set key=value ...]
 
-The FLOP count is the usual dense-transformer estimate, 2 x (matmul parameters) per token for a forward pass and
-3x that for forward + backward; the LM head counts as a matmul, embedding look-ups do not; attention-score FLOPs
-are added per layer (2 x 2 x T x hidden per token, causal half ignored). Generation is counted as one forward
-per generated token (KV cache). The first step is reported separately (warm-up) and left out of the averages.
+The FLOP count is the usual dense-transformer estimate of the work actually executed: 2 x (matmul parameters)
+per token for a forward pass and 3x that for forward + backward; the LM head counts as a matmul, embedding
+look-ups do not; attention-score FLOPs are added per layer (2 x 2 x L x hidden per token, causal half ignored).
+Token counts follow the trainer: padded widths (prompts padded to the longest in the batch, completions to the
+longest completion); with the shared prompt pass (the default) each prompt is run once per group, in generation
+(prefill) as in the log-prob and training passes. The first step is reported separately (warm-up) and left out.
 """
 
 from __future__ import annotations
@@ -78,20 +80,26 @@ def main() -> int:
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     n_mm, hidden, layers = matmul_params(model)
+    prompt_len = 0.0
     G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
-    prompt_len = 24  # typical synthetic prompt, tokens
+    from softgate.data import load_examples, load_task
+
+    task = load_task(cfg.task)
+    texts = [task.render_prompt(e, tokenizer) for e in load_examples(task, cfg.task, "train")[: 16 * P]]
+    lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    prompt_len = sum(max(lengths[i:i + P]) for i in range(0, len(lengths), P)) / (len(lengths) // P)
     updates = cfg.algo.num_iterations  # each pass touches every sequence once (split over minibatches)
+    shared = cfg.model.shared_prompt_pass
 
     def flops(step: dict) -> float:
         n_seq = G * P
-        gen_tokens = step["response/length_mean"] * n_seq
-        seq_len = prompt_len + step["response/length_mean"]
-        attn = 4 * seq_len * hidden * layers  # per token: QK^T and AV
-        per_token_fwd = 2 * n_mm + attn
-        gen = gen_tokens * per_token_fwd + n_seq * prompt_len * per_token_fwd  # prefill + decode
-        logprob = n_seq * seq_len * per_token_fwd  # old log-probs
-        train_ = updates * 3 * n_seq * seq_len * per_token_fwd  # forward + backward per pass
-        return gen + logprob + train_
+        T = step["response/length_max"]  # completions are padded to the longest one
+        seq_len = prompt_len + T
+        per_token_fwd = 2 * n_mm + 4 * seq_len * hidden * layers  # matmuls + attention scores (QK^T, AV)
+        prompt_tokens = (P if shared else n_seq) * prompt_len
+        gen = prompt_tokens * per_token_fwd + n_seq * step["response/length_mean"] * per_token_fwd
+        one_pass = (prompt_tokens + n_seq * T) * per_token_fwd
+        return gen + one_pass + updates * 3 * one_pass  # generate, old log-probs, training passes
 
     def mean(key):
         return sum(s[key] for s in rest) / len(rest)
@@ -114,6 +122,7 @@ def main() -> int:
         print(f"    {part:<18}{report[part + '_s']:8.2f}  ({100 * report[part + '_s'] / step_s:4.1f}%)")
     print(f"  generated tokens/s    {report['tokens_per_s']:8.1f}   (mean completion {report['completion_len']:.1f} tokens)")
     print(f"  peak RSS              {rss_mb:8.0f} MB")
+    print(f"  padded prompt width   {prompt_len:8.1f} tokens")
     print(f"  matmul FLOP/s         {achieved:8.2f} GFLOP/s of a measured {peak:.1f} GFLOP/s fp32 peak "
           f"= {100 * report['utilization']:.2f}% utilization")
     print(json.dumps(report))
