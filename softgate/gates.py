@@ -261,6 +261,15 @@ def make(name: str, **params: float) -> Gate:
     return _REGISTRY[_resolve(name)](**params)
 
 
+def make_accepted(name: str, candidates: dict[str, float], extra: dict[str, float] | None = None) -> Gate:
+    """Build ``name`` from the ``candidates`` its family accepts (others are left out: e.g. an engine's clip range
+    for a temperature gate), plus ``extra`` passed on as given (an unknown key there is an error)."""
+    accepted = defaults(name)
+    params = {key: float(value) for key, value in candidates.items() if key in accepted and value is not None}
+    params.update({key: float(value) for key, value in (extra or {}).items()})
+    return make(name, **params)
+
+
 def gate_class(name: str) -> type[Gate]:
     """The class registered under ``name`` (or an alias)."""
     return _REGISTRY[_resolve(name)]

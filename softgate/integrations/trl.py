@@ -113,11 +113,8 @@ def build_gate(
     """The softgate gate ``name``; each value is passed only if the family accepts it (``param_defaults``):
     temperature families take ``tau_pos`` / ``tau_neg``, ``clip`` takes ``eps_low`` / ``eps_high``, ``identity``
     nothing. ``extra`` is passed on as given (e.g. the student gate's ``nu``); an unknown key is an error."""
-    accepted = gates_mod.gate_class(name).param_defaults
     given = {"tau_pos": tau_pos, "tau_neg": tau_neg, "eps_low": eps_low, "eps_high": eps_high}
-    params = {key: float(value) for key, value in given.items() if key in accepted}
-    params.update({key: float(value) for key, value in (extra or {}).items()})
-    return gates_mod.make(name, **params)
+    return gates_mod.make_accepted(name, given, dict(extra or {}))
 
 
 @dataclasses.dataclass

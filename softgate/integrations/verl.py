@@ -163,11 +163,8 @@ def build_gate(
     ``tau_pos`` / ``tau_neg``, the ``clip`` gate ``eps_low`` / ``eps_high``, ``identity`` nothing. ``extra``
     (``softgate_gate_params``) is passed on as given, so a parameter the family does not know is an error.
     """
-    accepted = gates_mod.gate_class(name).param_defaults
     given = {"tau_pos": tau_pos, "tau_neg": tau_neg, "eps_low": eps_low, "eps_high": eps_high}
-    params = {key: float(value) for key, value in given.items() if key in accepted}
-    params.update({key: float(value) for key, value in (extra or {}).items()})
-    return gates_mod.make(name, **params)
+    return gates_mod.make_accepted(name, given, dict(extra or {}))
 
 
 def verl_normalizer(
