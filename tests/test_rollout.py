@@ -49,3 +49,17 @@ def test_rollout_layout(model_and_tokenizer):
     assert torch.equal(rollout.attention_mask[:, rollout.prompt_len:].bool(), rollout.completion_mask)
     assert len(rollout.completions) == 6
     assert rollout.completion_lengths.tolist() == rollout.completion_mask.sum(-1).tolist()
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(model_and_tokenizer):
+    import importlib.util
+
+    from softgate.rollout import make_sampler
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; this checks the message given without it")
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ImportError, match=r"pip install 'softgate\[vllm\]'"):
+        make_sampler("vllm", model, tokenizer)
+    with pytest.raises(ValueError, match="rollout.backend"):
+        make_sampler("jax", model, tokenizer)
