@@ -360,3 +360,17 @@ def merge_columns(defaults: Mapping[str, str], columns: Mapping[str, str] | None
             raise ValueError(f"unknown column role {key!r}; valid roles: {sorted(defaults)}")
         merged[key] = value
     return merged
+
+
+def question_answer_parser(source: str, cols: Mapping[str, str],
+                           meta_columns: Sequence[str] = ()) -> Callable[[Mapping[str, Any], int], Example]:
+    """Row parser for datasets whose answer column is the final answer itself (MATH500, DeepMath): ``question``
+    and ``answer`` roles required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present."""
+
+    def parse(row: Mapping[str, Any], index: int) -> Example:
+        question = get_field(row, cols["question"], "question")
+        answer = get_field(row, cols["answer"], "answer")
+        meta = {k: row[k] for k in meta_columns if k in row}
+        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), source, meta)
+
+    return parse

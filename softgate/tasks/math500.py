@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
-from softgate.tasks.base import Example, Examples, Task, get_field, load_records, merge_columns, row_id
+from softgate.tasks.base import Examples, Task, load_records, merge_columns, question_answer_parser
 
 NAME = "math500"
 HF_NAME = "HuggingFaceH4/MATH-500"  # split test
@@ -28,14 +27,7 @@ def load_math500(
     hf_config: str | None = None,
 ) -> Examples:
     """MATH500 examples; ``columns`` maps the roles ``question``, ``answer`` and ``id``."""
-    cols = merge_columns(COLUMNS, columns)
-
-    def parse(row: Mapping[str, Any], index: int) -> Example:
-        question = get_field(row, cols["question"], "question")
-        answer = get_field(row, cols["answer"], "answer")
-        meta = {k: row[k] for k in META_COLUMNS if k in row}
-        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], NAME, index), NAME, meta)
-
+    parse = question_answer_parser(NAME, merge_columns(COLUMNS, columns), META_COLUMNS)
     return load_records(source, parse, split=split, hf_config=hf_config, skip_invalid=skip_invalid, limit=limit)
 
 
