@@ -24,7 +24,7 @@ for rep in range(6):
     for shared in (False, True):
         cfg = load_config(None, ["algo.micro_batch_size=32", f"model.shared_prompt_pass={str(shared).lower()}"])
         t = time.perf_counter()
-        update_on_minibatch(model, r, idx, old_logp=lp, ref_logp=None, adv=adv, gate=make_gate(cfg), cfg=cfg, group_size=8)
+        update_on_minibatch(model, r, idx, old_logp=lp, ref_logp=None, adv=adv, gate=make_gate(cfg), cfg=cfg)
         model.zero_grad()
         times[shared].append(time.perf_counter() - t)
 full, shared = statistics.median(times[False]), statistics.median(times[True])

@@ -104,15 +104,16 @@ class HFSampler:
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
-        prompt_ids = enc["input_ids"].to(device).repeat_interleave(num_generations, 0)  # [N, P]
-        prompt_mask = enc["attention_mask"].to(device).repeat_interleave(num_generations, 0)
+        unique_ids, unique_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [prompts, P]
+        prompt_ids = unique_ids.repeat_interleave(num_generations, 0)  # [N, P]
+        prompt_mask = unique_mask.repeat_interleave(num_generations, 0)
         n = prompt_ids.shape[0]
         chunk = self.batch_size or n
         was_training = self.model.training
         self.model.eval()
         prefilled = {}
         if self.shared_prompt and chunk == n and num_generations > 1 and prompt_ids.shape[1] > 1:
-            prefilled = self._prefill(enc["input_ids"].to(device), enc["attention_mask"].to(device), num_generations)
+            prefilled = _prefill_cache(self.model, unique_ids, unique_mask, num_generations)
         pieces = []
         for start in range(0, n, chunk):
             out = self.model.generate(
@@ -136,9 +137,6 @@ class HFSampler:
         return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
                          num_generations)
 
-    def _prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int) -> dict:
-        return _prefill_cache(self.model, prompt_ids, prompt_mask, repeats)
-
 
 def _prefill_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int) -> dict:
     """KV cache of all prompt tokens but the last, computed once per distinct prompt and repeated ``repeats`` times
@@ -157,8 +155,7 @@ def _assemble(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, e
               tokenizer, num_generations: int) -> Rollout:
     completion_mask, truncated = completion_mask_from_ids(completion_ids, eos_ids)
     completion_ids = completion_ids.masked_fill(~completion_mask, pad_id)
-    texts = tokenizer.batch_decode(completion_ids.masked_fill(~completion_mask, pad_id),
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     n = prompt_ids.shape[0]
     return Rollout(
         input_ids=torch.cat([prompt_ids, completion_ids], 1),

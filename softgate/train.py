@@ -145,8 +145,8 @@ def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float, 
     return torch.cat(out)
 
 
-def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate, cfg: Config,
-                        group_size: int) -> dict[str, float]:
+def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate,
+                        cfg: Config) -> dict[str, float]:
     """Forward/backward over the micro-batches of one minibatch, gradients accumulated (no optimizer step).
 
     Every micro-batch loss uses the whole minibatch's normalizer, so the accumulated gradient equals the gradient
@@ -348,7 +348,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                         continue  # every group here had zero reward variance and was dropped
                     gate = make_gate(cfg, tau_scale)
                     stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=ref_logp,
-                                                adv=adv, gate=gate, cfg=cfg, group_size=G)
+                                                adv=adv, gate=gate, cfg=cfg)
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
                     lr = scheduler.get_last_lr()[0]

@@ -87,7 +87,7 @@ def accumulated_grads(model, rollout, old_logp, adv, cfg):
     model.zero_grad(set_to_none=True)
     idx = torch.arange(rollout.input_ids.shape[0])
     update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=None, adv=adv, gate=make_gate(cfg),
-                        cfg=cfg, group_size=cfg.rollout.num_generations)
+                        cfg=cfg)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
