@@ -57,7 +57,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from softgate.config import load_config
-    from softgate.metrics import read_jsonl
+    from softgate.rundir import read_jsonl
     from softgate.modeling import load_model_and_tokenizer
     from softgate.train import train
 

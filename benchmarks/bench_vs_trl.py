@@ -32,7 +32,7 @@ from pathlib import Path
 
 def run_softgate(args) -> dict:
     from softgate.config import load_config
-    from softgate.metrics import read_jsonl
+    from softgate.rundir import read_jsonl
     from softgate.train import train
 
     out = Path(tempfile.mkdtemp(prefix="bench_sg_"))

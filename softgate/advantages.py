@@ -18,13 +18,12 @@ learning signal, and :func:`zero_variance_groups` flags them so a trainer can dr
 
 from __future__ import annotations
 
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-Estimator = Literal["std", "mean", "rloo"]
-ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+from softgate.choices import ADVANTAGE_ESTIMATORS as ESTIMATORS
+from softgate.choices import AdvantageEstimator as Estimator
 
 __all__ = ["ESTIMATORS", "Estimator", "group_advantages", "zero_variance_groups"]
 

@@ -25,13 +25,11 @@ positions cannot reach the result (``0 * nan = nan``).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-AGG_MODES: tuple[str, ...] = get_args(AggMode)
+from softgate.choices import AGG_MODES, AggMode
 
 __all__ = [
     "AGG_MODES",

@@ -12,17 +12,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-AdvantageEstimator = Literal["std", "mean", "rloo"]
-Level = Literal["token", "sequence", "sequence-token"]
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLEstimator = Literal["k1", "k2", "k3"]
-Schedule = Literal["constant", "linear", "cosine"]
-DType = Literal["float32", "bfloat16", "float16"]
-Backend = Literal["hf", "vllm"]
+from softgate.choices import AdvantageEstimator, AggMode, Backend, DType, KLEstimator, Level, Schedule
+
+if TYPE_CHECKING:  # softgate.gates imports torch; the config stays light so that --help is fast
+    from softgate.gates import GateSpec
 
 
 class ConfigError(ValueError):
@@ -86,42 +83,28 @@ class RolloutConfig:
 
 @dataclass
 class GateConfig:
+    """The gate as one value: a registry name and that family's parameters, written flat in YAML
+    (``gate: {name: sigmoid, tau_pos: 10, tau_neg: 12}``). Which parameters exist, and their defaults, is the
+    registry's business (``softgate gates list``): a user-registered gate with its own parameter trains from YAML."""
+
     name: str = "sigmoid"
     """Gate family from ``softgate gates list`` (sigmoid, erf, arctan, softsign, student, clip, identity, ...)."""
-    tau_pos: float | None = 10.0
-    """Temperature for tokens with positive advantage (smooth gates). None = the family's default."""
-    tau_neg: float | None = 12.0
-    """Temperature for tokens with non-positive advantage (smooth gates). None = the family's default."""
-    eps_low: float | None = None
-    """Lower clip range (``clip`` gate: trust region starts at 1 - eps_low)."""
-    eps_high: float | None = None
-    """Upper clip range (``clip`` gate: trust region ends at 1 + eps_high; > eps_low is DAPO's clip-higher)."""
-    nu: float | None = None
-    """Tail index of the ``student`` gate (1 = arctan, 2 ~ softsign, inf -> erf)."""
+    params: dict[str, float] = field(default_factory=dict)
+    """The family's parameters (tau_pos/tau_neg for the smooth families, eps_low/eps_high for clip, nu for
+    student, ...), written as ``gate.<param>``; unset ones take the registry's default, null unsets one."""
 
-    def params(self) -> dict[str, float]:
-        """The parameters handed to ``softgate.gates.make``: the set ones that the family accepts.
+    def spec(self) -> GateSpec:
+        """The validated gate value, every parameter filled in."""
+        from softgate.gates import GateSpec
 
-        The temperature defaults (10, 12: the paper's best) apply to temperature families only, so that
-        ``gate.name=clip`` works without unsetting them; a value that differs from its default and that the family
-        does not accept is an error (``validate``), never silently dropped.
-        """
-        from softgate import gates
+        return GateSpec.of(self.name, **self.params)
 
-        accepted = gates.defaults(self.name)
-        return {key: value for key, value in self._set_params().items() if key in accepted}
-
-    def ignored_params(self) -> dict[str, float]:
-        """Set parameters the family does not accept and that differ from their config defaults."""
-        from softgate import gates
-
-        accepted, defaults = gates.defaults(self.name), GateConfig.__dataclass_fields__
-        return {key: value for key, value in self._set_params().items()
-                if key not in accepted and value != defaults[key].default}
-
-    def _set_params(self) -> dict[str, float]:
-        names = ("tau_pos", "tau_neg", "eps_low", "eps_high", "nu")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+    def __getattr__(self, key: str) -> float:
+        # ``cfg.gate.tau_pos`` keeps working: parameters read like fields (only reached when no field matches).
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(f"gate {self.__dict__.get('name')!r} has no parameter {key!r}")
 
 
 @dataclass
@@ -311,7 +294,26 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _build_gate(data: dict[str, Any], prefix: str, locate) -> GateConfig:
+    """``gate:`` is one value: ``name`` plus the family's parameters, flat (or under ``params:``)."""
+    name = data.get("name", GateConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{locate(prefix + 'name')}{prefix}name: expected a gate name, got {name!r}")
+    flat = {k: v for k, v in data.items() if k not in ("name", "params")}
+    nested = data.get("params") or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{locate(prefix + 'params')}{prefix}params: expected a mapping of parameters")
+    params: dict[str, float] = {}
+    for key, value in {**nested, **flat}.items():
+        if value is None:  # null unsets: the family's default applies
+            continue
+        params[key] = _coerce(value, float, f"{locate(prefix + key)}{prefix}{key}")
+    return GateConfig(name=name, params=params)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, locate) -> Any:
+    if cls is GateConfig:
+        return _build_gate(data, prefix, locate)
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -367,7 +369,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain data, in the spelling users write (the gate's parameters flat under ``gate``)."""
+    data = dataclasses.asdict(cfg)
+    gate = data.pop("gate")
+    data["gate"] = {"name": gate["name"], **gate["params"]}
+    return {key: data[key] for key in (f.name for f in dataclasses.fields(cfg))}
 
 
 def save_config(cfg: Config, path: Path) -> None:
@@ -391,13 +397,17 @@ def validate(cfg: Config, locate=lambda key: "") -> None:
     known = [*gates.names(), *gates.aliases()]
     if cfg.gate.name not in known:
         fail("gate.name", f"unknown gate {cfg.gate.name!r}; known gates: {', '.join(known)}")
-    for key, value in cfg.gate.ignored_params().items():
-        fail(f"gate.{key}", f"gate {cfg.gate.name!r} has no parameter {key} (set to {value}); it accepts "
-             f"{', '.join(gates.defaults(cfg.gate.name)) or 'none'}")
+    accepted = gates.defaults(cfg.gate.name)
+    for key, value in cfg.gate.params.items():
+        if key not in accepted:
+            fail(f"gate.{key}", f"gate {cfg.gate.name!r} has no parameter {key} (set to {value:g}); it accepts "
+                 f"{', '.join(accepted) or 'none'} (set gate.{key}=null to drop it)")
     try:
-        gates.make(cfg.gate.name, **cfg.gate.params())
+        spec = cfg.gate.spec()
     except (ValueError, TypeError) as err:
         fail("gate", str(err))
+    # From here on the config holds the resolved gate: canonical name, every parameter (what config.yaml saves).
+    cfg.gate.name, cfg.gate.params = spec.name, dict(spec.params)
 
     positive("steps", cfg.steps)
     for key in ("prompts_per_step", "num_generations", "max_new_tokens"):
@@ -497,6 +507,9 @@ def reference_markdown() -> str:
                 nested.append((value, f"{prefix}{f.name}."))
                 continue
             meaning = docs.get(type(obj).__name__, {}).get(f.name, "").replace("|", "\\|")
+            if isinstance(obj, GateConfig) and f.name == "params":
+                lines.extend(_gate_param_rows(prefix))
+                continue
             lines.append(f"| `{prefix}{f.name}` | `{value!r}` | {meaning} |")
         lines.append("")
         for value, sub in nested:
@@ -504,3 +517,15 @@ def reference_markdown() -> str:
 
     section(Config(), "", "Top level")
     return "\n".join(lines)
+
+
+def _gate_param_rows(prefix: str) -> list[str]:
+    """One row per parameter of the registered gate families, with each family's default (the registry's)."""
+    from softgate import gates
+
+    families: dict[str, list[str]] = {}
+    for name in gates.names():
+        for key, default in gates.defaults(name).items():
+            families.setdefault(key, []).append(f"{name} {default:g}")
+    return [f"| `{prefix}{key}` | family default | parameter of: {', '.join(where)} |"
+            for key, where in families.items()]

@@ -18,15 +18,13 @@ the reference penalty uses ``log_ratio = ref_logp - logp`` (KL(pi_theta || pi_re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from softgate.aggregate import masked_sum
 
-KLEstimator = Literal["k1", "k2", "k3"]
-KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
+from softgate.choices import KL_ESTIMATORS, KLEstimator
 
 __all__ = [
     "KL_ESTIMATORS",

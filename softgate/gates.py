@@ -37,6 +37,7 @@ __all__ = [
     "AdmissibilityReport",
     "ConditionResult",
     "Gate",
+    "GateSpec",
     "TemperatureGate",
     "Tolerances",
     "aliases",
@@ -138,6 +139,11 @@ class Gate:
         if self.broadcast_inputs:
             x, pos = torch.broadcast_tensors(x, pos)
         return self._df(x, pos)
+
+    @property
+    def spec(self) -> GateSpec:
+        """This gate as one value (name + full parameters)."""
+        return GateSpec(self.name, dict(self.params))
 
     def with_params(self, **changes: float) -> Gate:
         """A new gate of the same family with some parameters changed (validated again)."""
@@ -270,6 +276,58 @@ def make_accepted(name: str, candidates: dict[str, float], extra: dict[str, floa
     return make(name, **params)
 
 
+@dataclass(frozen=True, eq=False)
+class GateSpec:
+    """A gate as one value: its canonical registry name and its full parameter set (defaults filled in).
+
+    This is how a gate travels through configs, run.json (``{"name": ..., "params": {...}}``), sweeps, reports and
+    the plug-ins; everything that needs the parameters reads them from here, never from a hand-written list, so a
+    user-registered gate with a parameter of its own works everywhere.
+    """
+
+    name: str
+    params: dict[str, float]
+
+    @classmethod
+    def of(cls, name: str, **params: float | None) -> GateSpec:
+        """Validate through the registry (unknown names and parameters are errors listing the accepted ones);
+        ``None`` values mean "the family's default"."""
+        gate = make(name, **{k: v for k, v in params.items() if v is not None})
+        return cls(gate.name, dict(gate.params))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateSpec:
+        """From ``{"name": ..., "params": {...}}`` (run.json) or ``{"name": ..., <param>: ...}`` (YAML)."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError(f"a gate is a mapping with a 'name' and its parameters, got {data!r}")
+        params = data.get("params") if isinstance(data.get("params"), dict) else \
+            {k: v for k, v in data.items() if k != "name"}
+        return cls.of(data["name"], **params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+    def build(self, **changes: float) -> Gate:
+        """The gate object, with some parameters changed (e.g. the EUR controller's temperatures)."""
+        return make(self.name, **{**self.params, **changes})
+
+    @property
+    def label(self) -> str:
+        """Short unique name of the gate, e.g. ``sigmoid-10-12``, ``student-10-12-8``, ``clip-0.2-0.28``: the
+        family then every parameter value in the family's order."""
+        return "-".join([self.name, *(f"{value:g}" for value in self.params.values())])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GateSpec) and (self.name, self.params) == (other.name, other.params)
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.params.items()))))
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        return f"{self.name}({inner})"
+
+
 def gate_class(name: str) -> type[Gate]:
     """The class registered under ``name`` (or an alias)."""
     return _REGISTRY[_resolve(name)]
@@ -281,7 +339,10 @@ def gate_class(name: str) -> type[Gate]:
 
 
 class TemperatureGate(Gate):
-    """Base of the smooth families: temperature ``tau_pos`` for A > 0, ``tau_neg`` otherwise (SAPO defaults).
+    """Base of the smooth families: temperature ``tau_pos`` for A > 0, ``tau_neg`` otherwise.
+
+    Default temperatures (10, 12) are the paper's best; SAPO's own (1, 1.05) are one argument away. This is
+    their one home: the config, the CLI and the plug-ins read them from here.
 
     ``_f`` / ``_df`` take ``x`` and ``pos`` broadcastable rather than broadcast (``broadcast_inputs = False``): the
     temperature is built at the shape of ``pos`` ([B, 1] for per-sequence advantages, as the losses pass them) and
@@ -289,7 +350,7 @@ class TemperatureGate(Gate):
     that (or set ``broadcast_inputs = True``).
     """
 
-    param_defaults: ClassVar[dict[str, float]] = {"tau_pos": 1.0, "tau_neg": 1.05}
+    param_defaults: ClassVar[dict[str, float]] = {"tau_pos": 10.0, "tau_neg": 12.0}
     # f(1); additive constants do not change gradients (paper.md: "the paper picks them so that f(1) = 1 or to
     # match SAPO").
     offset: ClassVar[float] = 1.0
@@ -473,7 +534,7 @@ class StudentGate(TemperatureGate):
     ``_student_integral``; computed in float64 whatever the input dtype, then cast back).
     """
 
-    param_defaults: ClassVar[dict[str, float]] = {"tau_pos": 1.0, "tau_neg": 1.05, "nu": 3.0}
+    param_defaults: ClassVar[dict[str, float]] = {"tau_pos": 10.0, "tau_neg": 12.0, "nu": 3.0}
 
     def _validate(self, params: dict[str, float]) -> None:
         super()._validate(params)

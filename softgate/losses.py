@@ -34,7 +34,7 @@ add up over micro-batches when a whole-batch normalizer is passed. Undefined sta
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -54,8 +54,7 @@ from softgate.diagnostics import (
     soft_clip_frac,
 )
 
-Level = Literal["token", "sequence", "sequence-token"]
-LEVELS: tuple[str, ...] = get_args(Level)
+from softgate.choices import LEVELS, Level
 
 __all__ = [
     "LEVELS",

@@ -17,7 +17,7 @@ Conventions (also in docs/sweeps.md):
 - "final" training value of a metric: the mean of its last ``max(smooth, ceil(10% of logged steps))`` values.
 - Steps to format: the first step at which the smoothed ``reward/format`` is >= the threshold (0.9).
 - Held-out accuracy: the last eval.jsonl entry per ``eval/task`` (summary.json when there is no eval.jsonl).
-- Across seeds: mean with a 95% percentile bootstrap CI (``softgate.stats``); differences against GRPO (the
+- Across seeds: mean with a 95% percentile bootstrap CI (``softgate.intervals``); differences against GRPO (the
   ``clip`` gate) are paired by seed.
 - Statistics use finished runs (and runs with logs only); running/failed runs are listed and plotted but left
   out of the tables unless ``include_partial``.
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from softgate import stats
+from softgate import intervals
 
 RUN_SCHEMA = 1
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -513,12 +513,12 @@ class Table:
         return "\n".join(parts)
 
 
-def _ci_json(ci: stats.MeanCI) -> dict[str, Any]:
+def _ci_json(ci: intervals.MeanCI) -> dict[str, Any]:
     def num(x: float) -> float | None:
         return None if math.isnan(x) else x
 
     out: dict[str, Any] = {"mean": num(ci.mean), "low": num(ci.low), "high": num(ci.high), "n": ci.n}
-    if isinstance(ci, stats.PairedDiffCI):
+    if isinstance(ci, intervals.PairedDiffCI):
         out["seeds"] = list(ci.seeds)
     return out
 
@@ -537,7 +537,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _fmt_diff(d: stats.PairedDiffCI, scale: float, digits: int) -> str:
+def _fmt_diff(d: intervals.PairedDiffCI, scale: float, digits: int) -> str:
     """``"mean [low, high] (n pairs)"``; one pair has no interval."""
     if d.n == 0:
         return "—"
@@ -552,7 +552,7 @@ class ReportOptions:
     threshold: float = 0.9
     include_partial: bool = False
     seed: int = 0
-    n_resamples: int = stats.DEFAULT_RESAMPLES
+    n_resamples: int = intervals.DEFAULT_RESAMPLES
 
 
 @dataclass
@@ -568,7 +568,7 @@ class Report:
 
 
 TRAINING_QUANTITIES = ("reward/total", "reward/format", "gate/eur", "policy/entropy")
-CIFn = Callable[[Sequence[float]], stats.MeanCI]
+CIFn = Callable[[Sequence[float]], intervals.MeanCI]
 
 
 def _seed_key(run: Run) -> Any:
@@ -708,9 +708,9 @@ def _paired_table(variants: list[Variant], grpo: list[Variant], values: dict[str
     """Each variant minus the (first) GRPO variant, paired by seed."""
     ref = grpo[0]
 
-    def diff(v: Variant, quantity: str) -> stats.PairedDiffCI:
+    def diff(v: Variant, quantity: str) -> intervals.PairedDiffCI:
         # Seeds missing a figure (or that never reached the format threshold) cannot be paired on it.
-        return stats.paired_difference_ci(_present(values[v.name].get(quantity, {})),
+        return intervals.paired_difference_ci(_present(values[v.name].get(quantity, {})),
                                           _present(values[ref.name].get(quantity, {})),
                                           n_resamples=opt.n_resamples, seed=opt.seed)
 
@@ -758,8 +758,8 @@ def compute_tables(
 ) -> tuple[list[Table], dict[str, Any], list[str]]:
     """The report's tables, the numbers behind them (for report.json) and notes. Pure: no files written."""
 
-    def ci(values: Sequence[float]) -> stats.MeanCI:
-        return stats.bootstrap_mean_ci(values, n_resamples=opt.n_resamples, seed=opt.seed)
+    def ci(values: Sequence[float]) -> intervals.MeanCI:
+        return intervals.bootstrap_mean_ci(values, n_resamples=opt.n_resamples, seed=opt.seed)
 
     data: dict[str, Any] = {"options": vars(opt).copy(), "variants": {v.name: {} for v in variants}, "runs": []}
     notes: list[str] = []

@@ -42,7 +42,7 @@ from softgate.grading import (
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-EXTRACT_MODES = ("answer", "gsm8k", "boxed")
+from softgate.choices import EXTRACT_MODES
 FORMAT_LEVELS = (1.0, 0.5, 0.25, 0.0)
 
 __all__ = [

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from softgate.metrics import read_jsonl  # noqa: E402
+from softgate.rundir import read_jsonl  # noqa: E402
 
 PANELS = [
     ("reward/total", "total reward"),

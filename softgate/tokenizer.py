@@ -25,7 +25,6 @@ from transformers import PreTrainedTokenizerFast
 
 from softgate.tasks.synthetic import vocabulary_corpus
 
-from softgate.tasks.synthetic import vocabulary_corpus
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0..3 in this order

@@ -15,7 +15,6 @@ admissible gate is the plain policy gradient (paper, SAPO facts); the trainer wa
 from __future__ import annotations
 
 import copy
-import json
 import math
 import platform
 import time
@@ -31,19 +30,17 @@ import softgate
 from softgate import gates
 from softgate.advantages import group_advantages, zero_variance_groups
 from softgate.aggregate import normalizer as batch_normalizer
-from softgate.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from softgate.checkpoint import load_checkpoint, save_checkpoint
 from softgate.config import Config, ConfigError, save_config, to_dict
 from softgate.data import load_examples, load_task, task_of
-from softgate.evaluator import evaluate_policy
+from softgate.evaluation import evaluate_policy
 from softgate.forward import completion_logprobs
 from softgate.losses import policy_loss
-from softgate.metrics import JsonlLogger, TrackingSinks, read_jsonl, truncate_after
+from softgate.rundir import RunDir, RunInfo, is_on_policy
+from softgate.tracking import TrackingSinks
 from softgate.modeling import load_model_and_tokenizer
 from softgate.rewards import grader_stats, reset_grader_stats
 from softgate.rollout import Rollout, make_sampler
-
-RUN_SCHEMA = 1
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Small helpers the loop calls. Each is a plain function; the loop below reads top to bottom.
@@ -70,11 +67,9 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 
 def make_gate(cfg: Config, tau_scale: float = 1.0) -> gates.Gate:
     """The configured gate, with both temperatures multiplied by ``tau_scale`` (the EUR controller's knob)."""
-    params = cfg.gate.params()
-    for key in ("tau_pos", "tau_neg"):
-        if key in params:
-            params[key] = params[key] * tau_scale
-    return gates.make(cfg.gate.name, **params)
+    spec = cfg.gate.spec()
+    scaled = {key: spec.params[key] * tau_scale for key in ("tau_pos", "tau_neg") if key in spec.params}
+    return spec.build(**scaled)
 
 
 def eur_controller_step(tau_scale: float, eur: float, target: float, rate: float) -> float:
@@ -199,14 +194,9 @@ def rollout_metrics(rewards: dict[str, torch.Tensor], rollout: Rollout) -> dict[
 
 
 def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **extra: Any) -> None:
-    info = {
-        "schema": RUN_SCHEMA, "softgate_version": softgate.__version__, "status": status,
-        "gate": cfg.gate.name, **cfg.gate.params(), "seed": cfg.seed, "steps": cfg.steps, "last_step": last_step,
-        "task": cfg.task.name, "model": cfg.model.name_or_path, **extra,
-    }
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(run_dir / "run.json")
+    RunDir(run_dir).write_info(RunInfo(status=status, gate=cfg.gate.spec().to_dict(), seed=cfg.seed, steps=cfg.steps,
+                                       last_step=last_step, task=cfg.task.name, model=cfg.model.name_or_path,
+                                       extra=extra))
 
 
 @dataclass
@@ -226,7 +216,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     run in tests); the run then stays "running" and can be resumed.
     """
     run_dir = Path(cfg.output_dir)
-    if not resume and (run_dir / "metrics.jsonl").exists():
+    if not resume and RunDir(run_dir).metrics_jsonl.exists():
         raise FileExistsError(f"{run_dir} already holds a run (metrics.jsonl); pass --resume to continue it or "
                               f"choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -271,20 +261,19 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     # --- resume ---
     start_step, tau_scale, cursor = 0, 1.0, 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = RunDir(run_dir).latest_checkpoint()
         if ckpt is None:
             raise FileNotFoundError(f"--resume: {run_dir} holds no complete checkpoint to resume from")
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         start_step, tau_scale, cursor = state["step"], state["tau_scale"], state["cursor"]
-        moved = truncate_after(run_dir / "metrics.jsonl", start_step, key="rl_step")
-        truncate_after(run_dir / "eval.jsonl", start_step, key="rl_step")
+        moved = RunDir(run_dir).truncate_logs_after(start_step)
         if moved:
             print(f"resume: {moved} metric lines past step {start_step} moved to metrics.orphaned.jsonl")
     else:
         save_config(cfg, run_dir / "config.yaml")
     stream = PromptStream(len(train_examples), cfg.seed, cursor)
-    log = JsonlLogger(run_dir / "metrics.jsonl")
-    eval_log = JsonlLogger(run_dir / "eval.jsonl")
+    log = RunDir(run_dir).metrics_writer()
+    eval_log = RunDir(run_dir).eval_writer()
     sinks = TrackingSinks(run_dir, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
                           config=to_dict(cfg))
     write_run_json(run_dir, cfg, "running", start_step)
@@ -295,7 +284,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                                  batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345)
         record = {"rl_step": step, "step": step * updates_per_step, "eval/task": task.name,
                   **{f"eval/{k}": v for k, v in result.summary.items()}}
-        eval_log.log(record)
+        eval_log.write(record)
         sinks.log(record, step * updates_per_step)
         return record
 
@@ -371,7 +360,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             for k, rec in enumerate(records):
                 line = {"step": first_update + k + 1, "rl_step": step + 1, **base, **rec, **timing,
                         "time": time.time()}
-                log.log(line)
+                log.write(line)
                 sinks.log(line, line["step"])
             last = records[-1] if records else {}
             bar.set_postfix(reward=f"{base['reward/total']:.2f}", acc=f"{base['train/accuracy']:.2f}",
@@ -405,7 +394,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     save_checkpoint(run_dir, cfg.steps, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
                     state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
     summary = build_summary(run_dir, cfg)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    RunDir(run_dir).write_summary(summary)
     from softgate.run_plots import plot_run
 
     plot_run(run_dir)
@@ -437,8 +426,8 @@ def _check_prompt_lengths(prompts: list[str], examples, tokenizer, limit: int) -
 
 def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Start vs end held-out figures and the gate/entropy figures of the first and last 10% of updates."""
-    evals = read_jsonl(run_dir / "eval.jsonl")
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    evals = RunDir(run_dir).read_evals()
+    metrics = RunDir(run_dir).read_metrics()
 
     def window(records, key, first: bool) -> float:
         values = [r[key] for r in records if r.get(key) is not None]
@@ -453,7 +442,7 @@ def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:
 
     start, end = (evals[0], evals[-1]) if evals else ({}, {})
     return {
-        "run_dir": str(run_dir), "gate": cfg.gate.name, **cfg.gate.params(), "seed": cfg.seed, "steps": cfg.steps,
+        "run_dir": str(run_dir), "gate": cfg.gate.spec().to_dict(), "seed": cfg.seed, "steps": cfg.steps,
         "softgate_version": softgate.__version__, "python": platform.python_version(),
         "torch": torch.__version__,
         "eval_start": {k: pick(start, k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
@@ -463,8 +452,7 @@ def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:
         "train_start": {k: window(metrics, k, True) for k in ("reward/total", "policy/entropy", "gate/eur")},
         "train_end": {k: window(metrics, k, False) for k in ("reward/total", "policy/entropy", "gate/eur")},
         "eur_mean": _mean(metrics, "gate/eur"),
-        "eur_mean_off_policy": _mean([m for m in metrics if not (m.get("policy/iteration") == 0 and
-                                                                 m.get("policy/minibatch") == 0)], "gate/eur"),
+        "eur_mean_off_policy": _mean([m for m in metrics if not is_on_policy(m)], "gate/eur"),
         "seconds_per_step": _mean(metrics, "time/step"),
     }
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from softgate.checkpoint import latest_checkpoint, list_checkpoints, rng_state, set_rng_state
-from softgate.metrics import JsonlLogger, read_jsonl, truncate_after
+from softgate.checkpoint import rng_state, set_rng_state
+from softgate.rundir import JsonlWriter, RunDir, read_jsonl, truncate_after
 
 
 def test_rng_round_trip():
@@ -26,15 +26,15 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     (root / "step_000010").mkdir()
     (root / "step_000010" / "state.json").write_text(json.dumps({"step": 10}))
     (root / "step_000015").mkdir()  # no state.json: incomplete
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000010"]
-    assert latest_checkpoint(tmp_path).name == "step_000010"
+    assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["step_000010"]
+    assert RunDir(tmp_path).latest_checkpoint().name == "step_000010"
 
 
 def test_jsonl_truncate_keeps_orphans(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    log = JsonlLogger(path)
+    log = JsonlWriter(path)
     for step in range(1, 6):
-        log.log({"step": step, "rl_step": step, "x": float("nan") if step == 3 else step})
+        log.write({"step": step, "rl_step": step, "x": float("nan") if step == 3 else step})
     log.close()
     records = read_jsonl(path)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]

@@ -23,7 +23,7 @@ def test_list_shows_every_gate_alias_and_defaults(capsys) -> None:
     out = capsys.readouterr().out
     for name in gates.names():
         assert name in out
-    assert "algebraic" in out and "tau_pos=1, tau_neg=1.05" in out and "eps_low=0.2, eps_high=0.2" in out
+    assert "algebraic" in out and "tau_pos=10, tau_neg=12" in out and "eps_low=0.2, eps_high=0.2" in out
     assert "nu=" in out
 
 
@@ -114,7 +114,7 @@ def test_plot_gates_function_with_objects_and_names(tmp_path: Path) -> None:
     assert_png(path)
     labels = [label for _, label in gate_variants([gates.make("student"), "identity", user], taus=(2.0, 8.0))]
     assert labels == ["student tau=2", "student tau=8", "identity()", "user()"]
-    assert [g.params for g, _ in gate_variants("erf", taus=None)] == [{"tau_pos": 1.0, "tau_neg": 1.05}]
+    assert [g.params for g, _ in gate_variants("erf", taus=None)] == [{"tau_pos": 10.0, "tau_neg": 12.0}]
     # default "auto": names at 1, 5, 10; gate objects (e.g. a run's gate in `softgate report`) as given
     auto = gate_variants(["erf", gates.make("sigmoid", tau_pos=10.0, tau_neg=12.0)])
     assert [label for _, label in auto] == ["erf tau=1", "erf tau=5", "erf tau=10", "sigmoid(tau_pos=10, tau_neg=12)"]

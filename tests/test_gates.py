@@ -425,8 +425,8 @@ def test_registry_names_and_alias() -> None:
     assert gates.aliases()["algebraic"] == "softsign"
     gate = gates.make("algebraic", tau_pos=2.0)
     assert type(gate) is type(gates.make("softsign")) and gate.name == "softsign"
-    assert gate.params == {"tau_pos": 2.0, "tau_neg": 1.05}
-    assert gates.make("sigmoid").params == {"tau_pos": 1.0, "tau_neg": 1.05}  # SAPO's defaults
+    assert gate.params == {"tau_pos": 2.0, "tau_neg": 12.0}
+    assert gates.make("sigmoid").params == {"tau_pos": 10.0, "tau_neg": 12.0}  # the paper's best
     assert gates.make("clip").params == {"eps_low": 0.2, "eps_high": 0.2}
     assert gates.defaults("student")["nu"] > 0
 
@@ -497,10 +497,11 @@ def test_parameter_validation(name: str, params: dict, match: str) -> None:
 def test_with_params_and_equality() -> None:
     gate = gates.make("student", nu=5.0)
     other = gate.with_params(tau_pos=10.0)
-    assert other.params == {"tau_pos": 10.0, "tau_neg": 1.05, "nu": 5.0} and gate.params["tau_pos"] == 1.0
-    assert other == gates.make("student", tau_pos=10.0, nu=5.0) and other != gate
-    assert repr(other) == "student(tau_pos=10, tau_neg=1.05, nu=5)"
-    assert other.temperatures == (10.0, 1.05) and gates.make("clip").temperatures is None
+    assert other.params == {"tau_pos": 10.0, "tau_neg": 12.0, "nu": 5.0} and gate.params["tau_pos"] == 10.0
+    assert other == gates.make("student", tau_pos=10.0, nu=5.0) and other == gate
+    other = gate.with_params(tau_pos=3.0)
+    assert other != gate and repr(other) == "student(tau_pos=3, tau_neg=12, nu=5)"
+    assert other.temperatures == (3.0, 12.0) and gates.make("clip").temperatures is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from softgate.config import load_config
-from softgate.metrics import read_jsonl
+from softgate.rundir import read_jsonl
 from softgate.train import train
 
 VOLATILE = ("time", "time/generate", "time/logprobs", "time/train", "time/step", "perf/tokens_per_s")
@@ -52,7 +52,7 @@ def test_end_to_end_writes_everything(tiny_random_model, tmp_path):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "step_000003" / "model.safetensors").is_file()
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished" and run["schema"] == 1 and run["gate"] == "sigmoid"
+    assert run["status"] == "finished" and run["schema"] == 2 and run["gate"]["name"] == "sigmoid"
     metrics = read_jsonl(out / "metrics.jsonl")
     assert len(metrics) == 3 * 2 * 2  # steps x num_iterations x minibatches: one line per optimizer step
     assert [m["step"] for m in metrics] == list(range(1, 13))

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from softgate.evaluator import evaluate_policy
+    from softgate.evaluation import evaluate_policy
     from softgate.modeling import load_model_and_tokenizer
     from softgate.tasks import get_task
 

@@ -37,7 +37,7 @@ DEFAULT_SYSTEM_PROMPT = (
 DEFAULT_PLAIN_TEMPLATE = "{system}\n\nQuestion: {question}\nAnswer:"
 
 # Answer-extraction modes understood by softgate.rewards.extract_answer, in the order a task tries them.
-EXTRACT_MODES = ("answer", "gsm8k", "boxed")
+from softgate.choices import EXTRACT_MODES
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from softgate import evaluate as metrics
+from softgate import passk
 from softgate.rollout import HFSampler
 from softgate.tasks import Task
 
@@ -55,17 +55,17 @@ def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: floa
                 })
     finally:
         torch.set_rng_state(generator_state)
-    return EvalResult(summary=summarize(records, samples), records=records)
+    return EvalResult(summary=summary_of_records(records, samples), records=records)
 
 
-def summarize(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:
-    """Figures of an evaluation from its per-sample records (see ``softgate.evaluate.summarize``): pass@1 and its
+def summary_of_records(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """Figures of an evaluation from its per-sample records (see ``softgate.passk.eval_summary``): pass@1 and its
     95% interval, pass@k and maj@k for k = samples when samples > 1, format rate, mean length, truncation rate."""
     per_item: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         per_item.setdefault(r["id"], []).append(r)
     items = list(per_item.values())
-    summary = metrics.summarize(
+    summary = passk.eval_summary(
         [[r["correct"] for r in rs] for rs in items],
         format_rewards=[[r["format_reward"] for r in rs] for rs in items],
         lengths=[[r["length"] for r in rs] for rs in items],

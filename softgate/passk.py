@@ -1,6 +1,6 @@
 """Evaluation metrics from per-sample correctness: pass@1 with a 95% interval, unbiased pass@k, maj@k, format rate.
 
-Pure functions, no model code: ``softgate.evaluator`` samples and grades, this module turns the grades into figures.
+Pure functions, no model code: ``softgate.evaluation`` samples and grades, this module turns the grades into figures.
 
 Conventions. An evaluation has ``m`` items (problems) with ``n_i`` samples each. ``correct[i][j]`` says whether
 sample ``j`` of item ``i`` is right.
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from softgate.grading import as_number, normalize_answer
-from softgate.stats import DEFAULT_CONFIDENCE, MeanCI, bootstrap_mean_ci, wilson_interval
+from softgate.intervals import DEFAULT_CONFIDENCE, MeanCI, bootstrap_mean_ci, wilson_interval
 
 __all__ = [
     "EvalSummary",
@@ -36,7 +36,7 @@ __all__ = [
     "pass_at_1",
     "pass_at_k",
     "pass_at_k_dataset",
-    "summarize",
+    "eval_summary",
     "wilson_interval",
 ]
 
@@ -78,7 +78,7 @@ def pass_at_1(correct: Sequence[Sequence[bool]], *, confidence: float = DEFAULT_
     """pass@1 (mean over items of the fraction of correct samples) with its confidence interval.
 
     One sample per item: Wilson score interval. Several: percentile bootstrap over items of the per-item fraction
-    (``softgate.stats.bootstrap_mean_ci``, deterministic given ``seed``).
+    (``softgate.intervals.bootstrap_mean_ci``, deterministic given ``seed``).
     """
     _check_ragged(correct)
     m = len(correct)
@@ -177,7 +177,7 @@ class EvalSummary:
         return out
 
 
-def summarize(
+def eval_summary(
     correct: Sequence[Sequence[bool]],
     *,
     format_rewards: Sequence[Sequence[float]] | None = None,

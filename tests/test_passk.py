@@ -7,14 +7,14 @@ from fractions import Fraction
 
 import pytest
 
-from softgate.evaluate import (
+from softgate.passk import (
     answer_key,
     format_rate,
     maj_at_k,
     pass_at_1,
     pass_at_k,
     pass_at_k_dataset,
-    summarize,
+    eval_summary,
     wilson_interval,
 )
 
@@ -99,7 +99,7 @@ def test_answer_key_groups_equal_numbers() -> None:
 def test_format_rate_and_summary() -> None:
     assert format_rate([1.0, 0.5, 1.0, 0.0]) == 0.5
     assert math.isnan(format_rate([]))
-    s = summarize(
+    s = eval_summary(
         [[True, False], [False, False], [True, True]],
         format_rewards=[[1.0, 0.5], [1.0, 1.0], [0.25, 1.0]],
         lengths=[[10, 20], [30, 40], [50, 60]],
@@ -115,7 +115,7 @@ def test_format_rate_and_summary() -> None:
     d = s.as_dict("eval/")
     assert {"eval/accuracy", "eval/accuracy_ci_low", "eval/accuracy_ci_high", "eval/format_rate", "eval/n",
             "eval/length_mean", "eval/pass@2", "eval/maj@1"} <= set(d)
-    one = summarize([[True], [False]])
+    one = eval_summary([[True], [False]])
     assert one.ci_method == "wilson" and math.isnan(one.format_rate)
     with pytest.raises(ValueError, match="k=3 needs 1 <= k <= 2"):
-        summarize([[True, False]], ks=(3,))
+        eval_summary([[True, False]], ks=(3,))
