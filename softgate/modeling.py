@@ -157,8 +157,39 @@ def _plain_copy(model: Any) -> Any:
     return plain
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability to 0: modules and the config fields named like ``*dropout*``.
+
+    RL needs the policy that sampled (pi_old, taken in eval mode) and the policy being updated to be the same
+    function at the start of a rollout: with dropout on in the update passes, r != 1 on on-policy updates (a model
+    with attention_dropout 0.1 shows r up to 42). Returns the number of modules changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p != 0:
+            module.p = 0.0
+            changed += 1
+    configs = [getattr(model, "config", None)]
+    configs += [getattr(configs[0], "text_config", None)] if configs[0] is not None else []
+    for config in (c for c in configs if c is not None):
+        for key, value in list(vars(config).items()):
+            # Attention kernels read e.g. config.attention_dropout directly, not through a Dropout module.
+            if "dropout" in key and isinstance(value, float) and value != 0.0:
+                setattr(config, key, 0.0)
+    for module in model.modules():  # attention layers copy the config's rate at construction
+        for key in ("attention_dropout", "dropout", "dropout_rate"):
+            if isinstance(getattr(module, key, None), float) and getattr(module, key) != 0.0:
+                setattr(module, key, 0.0)
+                changed += 1
+    return changed
+
+
 def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``; see the module docstring for the accepted names. The model is in eval mode."""
+    """Load ``(model, tokenizer)``; see the module docstring for the accepted names. The model is in eval mode.
+
+    ``device`` is a torch device string (resolve ``auto`` with ``softgate.device.resolve_device`` first); weights
+    are loaded on the CPU and moved once.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
