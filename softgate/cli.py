@@ -2,6 +2,9 @@
 
 Each command module exposes ``add_parser(subparsers)`` (which registers its parser and sets ``func``) so that
 ``softgate --help`` lists exactly what exists. Heavy imports (torch, transformers) happen inside the command.
+
+Errors: a user error (bad config, file, value; a missing optional package) is one line on stderr naming the
+command, and exit code 2; ``--debug`` shows the traceback instead. Ctrl-C is one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Smooth-gated policy optimization for language models (SAPO gate families, EUR diagnostics).",
     )
     parser.add_argument("--version", action="version", version=f"softgate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -40,8 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"softgate {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"softgate {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+# Exceptions that mean "the input is wrong", reported in one line. Anything else is a bug: full traceback.
+# softgate's own error types (ConfigError, RunDirError, SweepFileError, ReportError, ...) are ValueErrors.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, ImportError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (multi-line messages from libraries are joined)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, UnicodeDecodeError):
+        text = f"not a UTF-8 text file ({err.reason} at byte {err.start})"
+    return text
 
 
 if __name__ == "__main__":
