@@ -31,12 +31,20 @@ class ModelConfig:
     name_or_path: str = "embedded:tiny"
     """``embedded:tiny`` (shipped with softgate), a local directory, a hub name, ``smollm2:135m-instruct`` or a
     ``.gguf`` file (dequantized to fp32 once and cached as safetensors)."""
-    dtype: DType = "float32"
-    """Parameter dtype for training. bfloat16 only where the device supports it."""
+    device: str = "auto"
+    """Where the model, rollouts, losses and evaluation run: auto (cuda if available, else mps, else cpu), cpu, cuda,
+    cuda:N or mps. An accelerator this machine lacks is an error, never a silent CPU run."""
+    compute_dtype: DType = "float32"
+    """Forward/backward precision through torch.autocast; parameters and optimizer state stay float32 (see
+    optim.master_weights). bfloat16 runs on CPU and recent GPUs; float16 needs a GPU. (Old name: model.dtype.)"""
+    disable_dropout: bool = True
+    """Set every dropout probability to 0 at load, so that the policy being updated is the one that sampled
+    (dropout makes r != 1 on on-policy updates)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     threads: int = 0
-    """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    """torch intra-op threads; 0 = automatic: the cores this process may use minus the machine's load (see
+    softgate/threads.py), so that a run next to another busy process does not thrash it."""
     shared_prompt_pass: bool = True
     """In log-prob passes, run each prompt once per group of G and index its KV cache out to the G completions
     (exact; fewer tokens). Turn off for models whose cache cannot be indexed by batch."""
@@ -157,6 +165,9 @@ class OptimConfig:
     """Linear warmup, in optimizer steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (global L2 norm); 0 = off."""
+    master_weights: bool = True
+    """Keep parameters and AdamW state in float32 (mixed precision as torch.amp does it). false = parameters in
+    model.compute_dtype (less memory; an AdamW step at lr 1e-6 then mostly rounds away; warns)."""
 
 
 @dataclass
@@ -336,9 +347,28 @@ def _build(cls: type, data: dict[str, Any], prefix: str, locate) -> Any:
     return cls(**kwargs)
 
 
+# Old spellings that keep working: old dotted key -> new dotted key (a deprecation warning names both).
+RENAMED_KEYS = {"model.dtype": "model.compute_dtype"}
+
+
+def _apply_renames(data: dict[str, Any], lines: dict[str, int]) -> None:
+    import warnings
+
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = data.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            warnings.warn(f"config key {old} is now {new} (parameters stay float32; see docs/training.md)",
+                          DeprecationWarning, stacklevel=3)
+            data.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
+            if old in lines:
+                lines[new] = lines.pop(old)
+
+
 def config_from_dict(data: dict[str, Any], *, source: str | None = None, lines: dict[str, int] | None = None) -> Config:
     """Build and validate a :class:`Config` from a nested dict."""
     lines = lines or {}
+    _apply_renames(data, lines)
 
     def locate(key: str) -> str:
         if source is None:
@@ -457,6 +487,12 @@ def validate(cfg: Config, locate=lambda key: "") -> None:
             fail(f"task.{key}", f"file {value} does not exist")
     if cfg.model.threads < 0:
         fail("model.threads", f"must be >= 0, got {cfg.model.threads}")
+    from softgate.device import check_device_name
+
+    try:
+        check_device_name(cfg.model.device)
+    except ValueError as err:
+        fail("model.device", str(err))
 
 
 def _looks_like_path(value: str) -> bool:
