@@ -127,13 +127,19 @@ def truncate_after(path: str | os.PathLike[str], step: int, *, key: str = "step"
     keep = [r for r in records if r.get(key, 0) <= step]
     moved = [r for r in records if r.get(key, 0) > step]
     if moved:
-        with path.with_name(path.stem + ".orphaned.jsonl").open("a", encoding="utf-8") as orphaned:
+        with orphaned_path(path).open("a", encoding="utf-8") as orphaned:
             orphaned.writelines(json.dumps(r) + "\n" for r in moved)
     if records:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
         os.replace(tmp, path)
     return len(moved)
+
+
+def orphaned_path(path: str | os.PathLike[str]) -> Path:
+    """Where ``truncate_after`` keeps the records it moves: ``metrics.jsonl`` -> ``metrics.orphaned.jsonl``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".orphaned.jsonl")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -307,6 +313,13 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         found = self.list_checkpoints()
         return found[-1] if found else None
+
+    def attempt_files(self) -> list[Path]:
+        """The files of a run attempt that exist, checkpoints aside (what ``softgate sweep`` moves out of the way
+        before starting a cell over: the trainer refuses to mix two runs in one metrics.jsonl)."""
+        names = (RUN_JSON, CONFIG_YAML, METRICS_JSONL, orphaned_path(METRICS_JSONL).name, EVAL_JSONL,
+                 orphaned_path(EVAL_JSONL).name, SUMMARY_JSON, PLOTS)
+        return [self.path / name for name in names if (self.path / name).exists()]
 
     # -- run.json --
     def write_info(self, info: RunInfo) -> None:

@@ -395,7 +395,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                     state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
     summary = build_summary(run_dir, cfg)
     RunDir(run_dir).write_summary(summary)
-    from softgate.run_plots import plot_run
+    from softgate.plots import plot_run
 
     plot_run(run_dir)
     write_run_json(run_dir, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))

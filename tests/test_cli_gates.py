@@ -1,4 +1,4 @@
-"""`softgate gates list | check | plot` through softgate.cli.main, and softgate.plotting.plot_gates."""
+"""`softgate gates list | check | plot` through softgate.cli.main, and softgate.plots.plot_gates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from softgate import gates
 from softgate.cli import main
-from softgate.plotting import gate_variants, plot_gates
+from softgate.plots import gate_variants, plot_gates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

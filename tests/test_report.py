@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from softgate import gates, plots
 from softgate import report as rp
+from softgate.gates import GateSpec
+from softgate.rundir import IncompatibleRunError, RunDir, RunDirError, RunInfo
 
 STEPS = 40
 
@@ -30,27 +31,25 @@ def write_run(
     steps: int = STEPS,
     extra_metrics: dict[str, float] | None = None,
 ) -> Path:
-    """A run directory: run.json (unless status is None), metrics.jsonl, eval.jsonl.
+    """A run directory written with softgate.rundir: run.json (unless status is None), metrics.jsonl, eval.jsonl.
 
     reward/format is 0 before step ``format_from`` and 1 from it on (never 1 when None), so with the default
     5-step trailing mean it first reaches 0.9 at step ``format_from + 4`` (5 ones in the window; 4 give 0.8).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
     if status is not None:
-        info = {"schema": 1, "softgate_version": "0.1.0", "status": status, "gate": gate, **params, "seed": seed,
-                "steps": steps, "last_step": steps if status == "finished" else steps // 2}
-        (run_dir / "run.json").write_text(json.dumps(info))
-    with open(run_dir / "metrics.jsonl", "w") as fh:
+        run.write_info(RunInfo(status=status, gate=GateSpec.of(gate, **params).to_dict(), seed=seed, steps=steps,
+                               last_step=steps if status == "finished" else steps // 2))
+    with run.metrics_writer() as log:
         for step in range(1, steps + 1):
             fmt = 1.0 if format_from is not None and step >= format_from else 0.0
-            row = {"step": step, "reward/total": fmt + 0.5, "reward/format": fmt, "train/accuracy": 0.5,
-                   "gate/eur": eur, "policy/entropy": entropy, "response/length_mean": 20.0,
-                   **(extra_metrics or {})}
-            fh.write(json.dumps(row) + "\n")
+            log.write({"step": step, "reward/total": fmt + 0.5, "reward/format": fmt, "train/accuracy": 0.5,
+                       "gate/eur": eur, "policy/entropy": entropy, "response/length_mean": 20.0,
+                       **(extra_metrics or {})})
     if evals is not None:
-        with open(run_dir / "eval.jsonl", "w") as fh:
+        with run.eval_writer() as log:
             for row in evals:
-                fh.write(json.dumps(row) + "\n")
+                log.write(row)
     return run_dir
 
 
@@ -122,19 +121,19 @@ def test_smoothing_threshold_and_final_value():
 
 def test_known_values_give_known_table_entries(sweep_dir: Path):
     report = tables_only([sweep_dir])
-    assert [v.name for v in report.variants] == ["grpo-eps0.2", "sigmoid-10-12"]
+    assert [v.name for v in report.variants] == ["clip-0.2-0.2", "sigmoid-10-12"]
 
     acc = table(report, "Final held-out accuracy")
     # grpo: [0.5, 0.5, 0.8] = 0.5 + 0.3 * [0, 0, 1] -> mean 60, CI [50, 80] (see test_stats: [0, 0, 1] -> [0, 1]).
     # The last eval entry counts (step 40), not the step-20 one.
-    assert row(acc, "grpo-eps0.2")["synthetic"] == "60.0 [50.0, 80.0]"
+    assert row(acc, "clip-0.2-0.2")["synthetic"] == "60.0 [50.0, 80.0]"
     assert row(acc, "sigmoid-10-12")["synthetic"] == "75.0 [75.0, 75.0]"
-    assert row(acc, "grpo-eps0.2")["seeds"] == "3"
+    assert row(acc, "clip-0.2-0.2")["seeds"] == "3"
     # base model = step-0 evals pooled over all six runs: all 0.1.
     assert row(acc, "base model (step 0)")["synthetic"] == "10.0 [10.0, 10.0]"
 
     train = table(report, "Training summary")
-    g, s = row(train, "grpo-eps0.2"), row(train, "sigmoid-10-12")
+    g, s = row(train, "clip-0.2-0.2"), row(train, "sigmoid-10-12")
     assert g["reached format >= 0.9"] == "2/3"
     assert g["per seed"] == "24, 34, not reached"  # onset + 4 with a 5-step trailing mean
     assert s["per seed"] == "9, 9, 9"
@@ -219,13 +218,12 @@ def test_single_run_and_logs_alone(tmp_path: Path):
     assert row(table(report, "Training summary"), "my-variant")["per seed"] == "14"
 
 
-def test_config_yaml_and_metrics_give_the_variant_without_run_json(tmp_path: Path):
-    run = write_run(tmp_path / "r", gate=None, params={}, seed=0, status=None,
-                    extra_metrics={"gate/tau_pos": 5.0, "gate/tau_neg": 6.0})
-    assert rp.load_run(run).variant == "tau5-6"
+def test_config_yaml_gives_the_gate_without_run_json(tmp_path: Path):
+    run = write_run(tmp_path / "r", gate=None, params={}, seed=0, status=None)
+    assert (rp.load_run(run).variant, rp.load_run(run).gate) == ("r", None)  # logs alone: the directory
     (run / "config.yaml").write_text("seed: 7\ngate: {name: erf, tau_pos: 5, tau_neg: 6}\n")
     loaded = rp.load_run(run)
-    assert (loaded.variant, loaded.seed, loaded.gate) == ("erf-5-6", 7, "erf")
+    assert (loaded.variant, loaded.seed, loaded.gate) == ("erf-5-6", 7, GateSpec.of("erf", tau_pos=5, tau_neg=6))
 
 
 def test_per_rl_step_grouping_uses_off_policy_updates_for_gate_figures(tmp_path: Path):
@@ -263,6 +261,76 @@ def test_sweep_manifest_names_variants(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Variants come from the gate value
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_student_nu_1_and_nu_8_are_two_variants(tmp_path: Path, schema: int):
+    """Two student gates that differ only in nu are two gates: their seeds must not be pooled into one interval.
+
+    Schema 1 is how the trainer wrote run.json before the gate became one value (parameters flat next to the name).
+    """
+    for nu, accs in ((1.0, (0.2, 0.3)), (8.0, (0.6, 0.7))):
+        for seed, acc in enumerate(accs):
+            run = write_run(tmp_path / f"nu{nu:g}" / f"seed{seed}", gate="student", params={**SIG, "nu": nu},
+                            seed=seed, evals=[ev(STEPS, acc)])
+            if schema == 1:
+                flat = {"schema": 1, "status": "finished", "gate": "student", **SIG, "nu": nu, "seed": seed,
+                        "steps": STEPS, "last_step": STEPS}
+                (run / "run.json").write_text(json.dumps(flat))
+    report = tables_only([tmp_path])
+    assert [v.name for v in report.variants] == ["student-10-12-1", "student-10-12-8"]
+    assert [v.gate for v in report.variants] == [GateSpec.of("student", nu=1), GateSpec.of("student", nu=8)]
+    acc = table(report, "Final held-out accuracy")
+    assert row(acc, "student-10-12-1")["synthetic"] == "25.0 [20.0, 30.0]"
+    assert row(acc, "student-10-12-8")["synthetic"] == "65.0 [60.0, 70.0]"
+
+
+def test_every_registered_gate_round_trips_through_the_run_directory(tmp_path: Path):
+    """A run of every registered gate, written with softgate.rundir (no training), read back by the report."""
+    specs = {name: gates.make(name).spec for name in gates.names()}
+    for seed in (0, 1):
+        for name, spec in specs.items():
+            run = RunDir(tmp_path / name / f"seed{seed}")
+            run.write_info(RunInfo(status="finished", gate=spec.to_dict(), seed=seed, steps=2, last_step=2))
+            with run.metrics_writer() as log:
+                for step, on_policy in ((1, True), (2, False), (3, True), (4, False)):
+                    log.write({"step": step, "rl_step": (step + 1) // 2, "policy/on_policy": on_policy,
+                               "gate/eur": 1.0 if on_policy else 0.5, "reward/total": 0.25 * step})
+            with run.eval_writer() as log:
+                log.write({"step": 4, "rl_step": 2, "eval/task": "synthetic", "eval/accuracy": 0.5})
+    report = tables_only([tmp_path])
+    assert sorted(v.name for v in report.variants) == sorted(spec.label for spec in specs.values())
+    assert {v.name: v.gate for v in report.variants} == {spec.label: spec for spec in specs.values()}
+    assert all(len(v.stat_runs) == 2 for v in report.variants)
+    assert [v.name for v in report.variants if v.is_baseline] == [specs["clip"].label]
+    # Per RL step, gate figures average the off-policy updates only (policy/on_policy): EUR 0.5, not 0.75.
+    run = report.runs[0]
+    assert run.step_unit == "RL step" and run.series("gate/eur")[1].tolist() == [0.5, 0.5]
+    diff = table(report, "Paired differences against GRPO")
+    assert diff.title == f"Paired differences against GRPO ({specs['clip'].label})"
+    assert len(diff.rows) == len(specs) - 1
+
+
+def test_a_gate_this_process_does_not_know_is_kept_as_written(tmp_path: Path):
+    run = RunDir(tmp_path / "mine")
+    run.write_info(RunInfo(status="finished", gate={"name": "my_gate", "params": {"k": 2.5}}, seed=0, steps=1))
+    loaded = rp.load_run(run.path)
+    assert (loaded.variant, loaded.gate.name, loaded.gate.params) == ("my_gate-2.5", "my_gate", {"k": 2.5})
+
+
+def test_a_sweep_variant_pooling_different_gates_is_noted(tmp_path: Path):
+    root = tmp_path / "sw"
+    write_run(root / "soft" / "seed0", gate="sigmoid", params=SIG, seed=0)
+    write_run(root / "soft" / "seed1", gate="erf", params=SIG, seed=1)
+    cells = [{"name": f"soft/seed{k}", "variant": "soft", "seed": k, "run_dir": f"soft/seed{k}"} for k in (0, 1)]
+    (root / "sweep.json").write_text(json.dumps({"schema": 1, "cells": cells}))
+    report = rp.build_report([root], tmp_path / "out", rp.ReportOptions(n_resamples=100))
+    assert ("variant soft pools runs of different gates: sigmoid(tau_pos=10, tau_neg=12), "
+            "erf(tau_pos=10, tau_neg=12)") in report.notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Errors
 
 
@@ -277,14 +345,14 @@ def test_empty_directory_is_a_clear_error(tmp_path: Path):
 def test_incompatible_schema_is_a_clear_error(tmp_path: Path):
     run = write_run(tmp_path / "r", gate="erf", params=SIG, seed=0)
     info = json.loads((run / "run.json").read_text())
-    info["schema"] = 2
+    info["schema"] = 3
     (run / "run.json").write_text(json.dumps(info))
-    with pytest.raises(rp.IncompatibleRunError, match=r"run.json: schema 2, but this softgate reads schema 1"):
+    with pytest.raises(IncompatibleRunError, match=r"run.json: schema 3, but this softgate reads schemas 1 and 2"):
         rp.load_runs([tmp_path])
     old = tmp_path / "old"
     old.mkdir()
     (old / "metrics.jsonl").write_text('{"step": 1, "loss": 0.1}\n{"iteration": 2, "loss": 0.1}\n')
-    with pytest.raises(rp.IncompatibleRunError, match=r"metrics.jsonl:2: no 'step' key"):
+    with pytest.raises(IncompatibleRunError, match=r"metrics.jsonl:2: no 'step' key"):
         rp.load_runs([old])
 
 
@@ -294,7 +362,7 @@ def test_truncated_last_line_of_a_live_run_is_ignored(tmp_path: Path):
         fh.write('{"step": 4, "reward/to')
     assert len(rp.load_run(run).metrics) == 3
     (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 3}\n')
-    with pytest.raises(rp.ReportError, match=r"metrics.jsonl:2: not a JSON object"):
+    with pytest.raises(RunDirError, match=r"metrics.jsonl:2: not valid JSON"):
         rp.load_run(run)
 
 
@@ -304,7 +372,7 @@ def test_truncated_last_line_of_a_live_run_is_ignored(tmp_path: Path):
 
 @pytest.fixture
 def fake_plotting(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Stand-in for softgate.plotting.plot_gates: records its gates and writes a PNG."""
+    """Stand-in for softgate.plots.plot_gates: records its gates and writes a PNG."""
     calls: list[Any] = []
 
     def plot_gates(gates_or_names, taus=(1.0, 5.0, 10.0), out="gates.png"):
@@ -312,8 +380,12 @@ def fake_plotting(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         calls.append(list(gates_or_names))
         Path(out).write_bytes(b"\x89PNG\r\n\x1a\n fake")
 
-    monkeypatch.setitem(sys.modules, "softgate.plotting", types.SimpleNamespace(plot_gates=plot_gates))
+    monkeypatch.setattr(plots, "plot_gates", plot_gates)
     return calls
+
+
+def _failing_plot_gates(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("no figure today")
 
 
 def test_report_files_reference_only_files_that_exist(sweep_dir: Path, tmp_path: Path, fake_plotting):
@@ -339,20 +411,20 @@ def test_report_files_reference_only_files_that_exist(sweep_dir: Path, tmp_path:
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links == names
     assert all((out / link).is_file() for link in links)
-    assert "| grpo-eps0.2 | 60.0 [50.0, 80.0] | 3 |" in md
+    assert "| clip-0.2-0.2 | 60.0 [50.0, 80.0] | 3 |" in md
 
     data = json.loads((out / "report.json").read_text())
-    assert data["variants"]["grpo-eps0.2"]["heldout_accuracy"]["synthetic"]["mean"] == pytest.approx(0.6)
+    assert data["variants"]["clip-0.2-0.2"]["heldout_accuracy"]["synthetic"]["mean"] == pytest.approx(0.6)
     assert data["figures"] == names
 
 
-def test_report_without_plotting_module_still_writes_everything(sweep_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(sys.modules, "softgate.plotting", None)  # import fails
+def test_failing_gate_figure_still_writes_everything(sweep_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(plots, "plot_gates", _failing_plot_gates)
     out = tmp_path / "r"
     report = rp.build_report([sweep_dir / "grpo" / "seed0"], out, rp.ReportOptions(n_resamples=500))
     assert "gates.png" not in [n for n, _ in report.figures] and not (out / "gates.png").exists()
-    assert any(n.startswith("gate shape figure skipped") for n in report.notes)
+    assert "gate shape figure skipped: plot_gates failed: RuntimeError: no figure today" in report.notes
     page = (out / "report.html").read_text()
     for ref in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page):
         assert ref.startswith("data:") or (out / ref).is_file()
@@ -362,7 +434,7 @@ def test_cli_report_exit_codes(sweep_dir: Path, tmp_path: Path, capsys: pytest.C
                                monkeypatch: pytest.MonkeyPatch):
     from softgate import cli
 
-    monkeypatch.setitem(sys.modules, "softgate.plotting", None)
+    monkeypatch.setattr(plots, "plot_gates", _failing_plot_gates)
     (tmp_path / "nothing").mkdir()
     assert cli.main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "no runs found" in capsys.readouterr().err

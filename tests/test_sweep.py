@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from softgate import sweep as sw
+from softgate.rundir import RunDir, RunInfo
+from softgate.sweep import runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,8 @@ FAKE_TRAINER = textwrap.dedent(
         sys.exit("refusing to start over an existing run (like the real trainer)")
     print("fake trainer stdout", sets.get("seed"))
     print("fake trainer stderr", file=sys.stderr)
-    info = {"schema": 1, "status": "running", "gate": sets.get("gate.name"), "seed": int(sets.get("seed", 0))}
+    gate = {"name": sets.get("gate.name", "sigmoid"), "params": {}}
+    info = {"schema": 2, "status": "running", "gate": gate, "seed": int(sets.get("seed", 0)), "steps": 2}
     (out / "run.json").write_text(json.dumps(info))
     if sets.get("seed") == "13":
         (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/total": 0.0}) + "\\n")
@@ -171,13 +174,13 @@ def test_schema_errors_name_file_and_key(tmp_path: Path, body: str, message: str
 def test_resolve_workers_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     write(tmp_path / "b.yaml", "{}\n")
     spec = sw.load_sweep(write(tmp_path / "s.yaml", "base: b.yaml\n"))
-    monkeypatch.setattr(sw, "available_cpus", lambda: 8)
+    monkeypatch.setattr(runner, "available_cpus", lambda: 8)
     assert sw.resolve_workers(spec, None, None) == (8, 1)
     assert sw.resolve_workers(spec, None, 3) == (2, 3)
     assert sw.resolve_workers(spec, 5, None) == (5, 1)
     spec.workers, spec.threads_per_run = 2, 4
     assert sw.resolve_workers(spec, None, None) == (2, 4)
-    monkeypatch.setattr(sw, "available_cpus", lambda: 1)
+    monkeypatch.setattr(runner, "available_cpus", lambda: 1)
     assert sw.default_workers(4) == 1
     with pytest.raises(ValueError, match="--workers"):
         sw.resolve_workers(spec, 0, None)
@@ -232,7 +235,7 @@ def test_run_sweep_runs_cells_then_resume_skips_finished(sweep_file: Path, tmp_p
     out = tmp_path / "out"
     # A cell killed after a checkpoint: it must be resumed, not restarted.
     killed = out / "sigmoid-10-12" / "seed1"
-    write(killed / "run.json", json.dumps({"schema": 1, "status": "running"}))
+    RunDir(killed).write_info(RunInfo(status="running", gate={"name": "sigmoid", "params": {}}, seed=1, steps=3))
     write(killed / "checkpoints" / "step_000002" / "state.json", "{}")
     buf = io.StringIO()
     result = sw.run_sweep(spec, out, workers=2, threads_per_run=1, trainer=fake_trainer, stream=buf,
@@ -274,7 +277,7 @@ def test_failing_cell_does_not_stop_others_and_exit_is_nonzero(tmp_path: Path, f
 
     write(tmp_path / "base.yaml", "steps: 2\n")
     f = write(tmp_path / "s.yaml", "base: base.yaml\ngrid:\n  - seed: [13, 0, 1]\n")
-    monkeypatch.setattr(sw, "DEFAULT_TRAINER", tuple(fake_trainer))
+    monkeypatch.setattr(runner, "DEFAULT_TRAINER", tuple(fake_trainer))
     out = tmp_path / "out"
     code = cli.main(["sweep", str(f), "--out", str(out), "--workers", "1"])
     assert code == 1
@@ -293,6 +296,25 @@ def test_failing_cell_does_not_stop_others_and_exit_is_nonzero(tmp_path: Path, f
     (stale,) = (out / "seed13").glob(".stale-*")
     assert (stale / "metrics.jsonl").is_file() and (stale / "run.json").is_file()
     assert len(calls(out / "seed0")) == 1
+
+
+def test_cell_state_and_set_aside_read_the_run_directory(tmp_path: Path):
+    run = RunDir(tmp_path / "cell")
+    assert sw.cell_state(run.path) == "new"
+    run.path.mkdir()
+    run.run_json.write_text("{not json")  # a damaged run.json is not a finished run
+    run.metrics_jsonl.write_text('{"step": 1, "rl_step": 1}\n')
+    (run.path / "metrics.orphaned.jsonl").write_text('{"step": 2, "rl_step": 2}\n')
+    assert sw.cell_state(run.path) == "restart"
+    (run.checkpoints / "step_000001").mkdir(parents=True)
+    assert sw.cell_state(run.path) == "restart"  # no state.json: an incomplete checkpoint
+    (run.checkpoints / "step_000001" / "state.json").write_text("{}")
+    assert sw.cell_state(run.path) == "resume"
+    stale = sw.set_aside(run.path)
+    assert sorted(p.name for p in stale.iterdir()) == ["metrics.jsonl", "metrics.orphaned.jsonl", "run.json"]
+    assert run.checkpoints.is_dir() and sw.set_aside(run.path) is None
+    run.write_info(RunInfo(status="finished", gate={"name": "erf", "params": {}}, seed=0, steps=1))
+    assert sw.cell_state(run.path) == "finished"
 
 
 def test_trainer_that_cannot_start_is_a_failed_cell(sweep_file: Path, tmp_path: Path):
@@ -370,7 +392,7 @@ def test_real_trainer_sweep_and_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert rl_steps == [1, 1, 2, 2]
     for cell in logs:
         info = json.loads((out / cell / "run.json").read_text())
-        assert info["status"] == "finished" and info["schema"] == 1
+        assert info["status"] == "finished" and info["schema"] == 2
     capsys.readouterr()
     assert cli.main(["sweep", str(f), "--out", str(out)]) == 0
     assert "0 finished, 2 skipped" in capsys.readouterr().err

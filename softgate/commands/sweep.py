@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("softgate sweep: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    sw.summarize(result)
+    sw.print_summary(result)
     print(f"sweep output: {out}  (report: softgate report {out} --out {out / 'report'})", file=sys.stderr)
     return 0 if result.ok else 1

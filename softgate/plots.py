@@ -1,0 +1,313 @@
+"""Every figure softgate draws, in one style: gate shapes, a run's curves, and the report's comparisons.
+
+- ``plot_gates``: f, f' and x f'(x) side by side (the paper's gate figure); ``softgate gates plot`` and the report.
+- ``plot_run``: a run's training curves and held-out evaluations, written to ``RUN_DIR/plots/`` by the trainer.
+- ``plot_curves``, ``plot_eur_entropy``, ``plot_gate_shapes``: the figures of ``softgate report``.
+
+Figures use matplotlib's object API on an Agg canvas (``Figure`` + ``FigureCanvasAgg``): no pyplot, no display and
+no switch of the global backend, so drawing is safe in headless runs and inside other programs. ``smooth`` is the
+one smoothing rule, shared by the curves and the report's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from softgate import gates as gates_mod
+from softgate.rundir import RunDir, is_on_policy
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from softgate.report.runs import Variant
+
+__all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_entropy", "plot_gate_shapes",
+           "plot_gates", "plot_run", "smooth"]
+
+# The per-step figures drawn for a run and compared across variants: metric key -> title.
+CURVE_METRICS: tuple[tuple[str, str], ...] = (
+    ("reward/total", "total reward"),
+    ("reward/format", "format reward"),
+    ("train/accuracy", "training accuracy"),
+    ("gate/eur", "EUR (effective update ratio, Eq. 12), off-policy updates"),
+    ("policy/entropy", "policy entropy (nats/token)"),
+    ("response/length_mean", "mean response length (tokens)"),
+)
+DEFAULT_TAUS: tuple[float, ...] = (1.0, 5.0, 10.0)
+DPI = 110
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Style and smoothing
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas (the global backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"] if len(names) <= 10 else colormaps["tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean: ``out[i] = mean(values[max(0, i - window + 1) : i + 1])``.
+
+    Trailing (not centred) so that a smoothed threshold crossing is never dated before the data that caused it.
+    Shapes: values (n,) -> (n,).
+    """
+    if window < 1:
+        raise ValueError(f"smoothing window must be >= 1, got {window}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or window == 1:
+        return v.copy()
+    csum = np.concatenate([[0.0], np.cumsum(v)])  # (n+1,)
+    idx = np.arange(1, v.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gate shapes
+
+
+def gate_variants(gates_or_names: Iterable[gates_mod.Gate | str] | gates_mod.Gate | str,
+                  taus: Sequence[float] | str | None = "auto") -> list[tuple[gates_mod.Gate, str]]:
+    """The (gate, legend label) pairs drawn by ``plot_gates``.
+
+    ``taus``: a sequence draws every temperature family once per tau (tau_pos = tau_neg = tau); None draws every
+    gate as given; "auto" (default) draws names at ``DEFAULT_TAUS`` and ``Gate`` objects as given (so a report
+    shows the temperatures its runs used). Gates without temperature (clip, identity, user gates) are drawn once.
+    """
+    if isinstance(gates_or_names, (str, gates_mod.Gate)):
+        gates_or_names = [gates_or_names]
+    if isinstance(taus, str) and taus != "auto":
+        raise ValueError(f"plot_gates: taus must be a sequence of numbers, None or 'auto', got {taus!r}")
+    out: list[tuple[gates_mod.Gate, str]] = []
+    for item in gates_or_names:
+        gate = gates_mod.make(item) if isinstance(item, str) else item
+        if not isinstance(gate, gates_mod.Gate):
+            raise TypeError(f"plot_gates: expected gate names or softgate.gates.Gate objects, got {item!r}")
+        item_taus = (DEFAULT_TAUS if isinstance(item, str) else None) if taus == "auto" else taus
+        if gate.temperatures is not None and item_taus:
+            out.extend((gate.with_params(tau_pos=float(t), tau_neg=float(t)), f"{gate.name} tau={t:g}")
+                       for t in item_taus)
+        else:
+            out.append((gate, repr(gate)))
+    if not out:
+        raise ValueError("plot_gates: no gates to draw")
+    return out
+
+
+def plot_gates(
+    gates_or_names: Iterable[gates_mod.Gate | str] | gates_mod.Gate | str,
+    taus: Sequence[float] | str | None = "auto",
+    out: str | Path = "gates.png",
+    *,
+    x_max: float = 3.0,
+    points: int = 601,
+    advantage: float = 1.0,
+    dpi: int = 120,
+) -> Path:
+    """Draw f, f' and x f'(x) over x in [0, x_max] for each gate (and each temperature) and write an image.
+
+    Args:
+        gates_or_names: gate names (built with defaults) or ``Gate`` objects, or a single one.
+        taus: temperatures drawn for each temperature family (tau_pos = tau_neg = tau); None keeps the gates' own;
+            "auto": names at ``DEFAULT_TAUS`` (1, 5, 10), ``Gate`` objects as given (see ``gate_variants``).
+        out: the image path (parent directories are created); the format follows the suffix (.png, .pdf, .svg).
+        x_max, points: the x grid, ``linspace(0, x_max, points)``.
+        advantage: sign of A picking the branch (tau_pos for > 0, tau_neg otherwise).
+    Returns:
+        The written path.
+    """
+    variants = gate_variants(gates_or_names, taus)
+    x = torch.linspace(0.0, float(x_max), int(points), dtype=torch.float64)  # (points,)
+    fig = _figure(16.5, 4.6)
+    axes = fig.subplots(1, 3)
+    colors = _colors(list(dict.fromkeys(g.name for g, _ in variants)))
+    seen: dict[str, int] = {}
+    for gate, label in variants:
+        style_i = seen.get(gate.name, 0)
+        seen[gate.name] = style_i + 1
+        with torch.no_grad():
+            f, df = gate.f(x, advantage), gate.df(x, advantage)  # (points,) each
+        style = dict(color=colors[gate.name], linestyle=_LINESTYLES[style_i % len(_LINESTYLES)], linewidth=1.6)
+        for ax, y in zip(axes, (f, df, x * df)):
+            ax.plot(x.numpy(), y.numpy(), label=label, **style)
+    for ax, title in zip(axes, ("gate f(x)", "gate weight f'(x)", "effective coefficient x f'(x)")):
+        _style(ax, title, "importance ratio x = r")
+        ax.axvline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+    axes[1].set_ylim(-0.05, 1.1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # outside: the curves stay readable
+    fig.suptitle(f"gates on the {'A > 0 (tau_pos)' if advantage > 0 else 'A <= 0 (tau_neg)'} branch")
+    return _save(fig, Path(out), dpi)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One run (the trainer calls plot_run at the end)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write ``plots/curves.png`` (training figures per optimizer step) and ``plots/eval.png`` (held-out)."""
+    run = RunDir(run_dir)
+    written = []
+    metrics = run.read_metrics()
+    if metrics:
+        written.append(_plot_run_curves(run, metrics))
+    evals = run.read_evals()
+    if evals:
+        written.append(_plot_run_evals(run, evals))
+    return written
+
+
+def _plot_run_curves(run: RunDir, metrics: list[dict[str, Any]]) -> Path:
+    """Raw values (light) and their trailing mean (dark); EUR of the off-policy updates only (on-policy = 1)."""
+    fig = _figure(13, 7)
+    window = max(1, len(metrics) // 25)
+    for ax, (key, title) in zip(fig.subplots(2, 3).flat, CURVE_METRICS):
+        rows = [m for m in metrics if not (key.startswith("gate/") and is_on_policy(m))]
+        points = [(m["step"], m[key]) for m in rows if m.get(key) is not None]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, alpha=0.25, color="C0")
+            ax.plot(steps, smooth(values, window), color="C0")
+        _style(ax, title, "optimizer step")
+    fig.suptitle(f"{run.path.name}: training (light: raw, dark: trailing mean of {window})")
+    return _save(fig, run.plots / "curves.png")
+
+
+def _plot_run_evals(run: RunDir, evals: list[dict[str, Any]]) -> Path:
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    steps = [e["step"] for e in evals]
+    low = [e.get("eval/accuracy_ci_low") for e in evals]
+    high = [e.get("eval/accuracy_ci_high") for e in evals]
+    ax.plot(steps, [e.get("eval/accuracy") for e in evals], marker="o", label="accuracy (pass@1)")
+    if None not in low and None not in high:
+        ax.fill_between(steps, low, high, alpha=0.2, label="95% Wilson interval")
+    ax.plot(steps, [e.get("eval/format_rate") for e in evals], marker="s", label="format rate")
+    ax.set_ylim(0, 1)
+    _style(ax, f"{run.path.name}: held-out evaluation", "optimizer step")
+    ax.legend()
+    return _save(fig, run.plots / "eval.png")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparisons across runs (softgate report)
+
+
+def variant_curve(variant: Variant, key: str, window: int) -> tuple[np.ndarray, ...] | None:
+    """Smoothed per-seed curves on the union of their steps: (steps, mean, min, max) over seeds.
+
+    Shapes: each (n_steps,). Steps a seed did not log are left out of that step's mean (partial runs).
+    """
+    curves = [(s, smooth(v, window)) for s, v in (r.series(key) for r in variant.runs) if v.size]
+    if not curves:
+        return None
+    steps = np.unique(np.concatenate([s for s, _ in curves]))  # (n_steps,)
+    grid = np.full((len(curves), steps.size), np.nan)  # (n_seeds, n_steps)
+    for i, (s, v) in enumerate(curves):
+        grid[i, np.searchsorted(steps, s)] = v
+    return steps, np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+
+
+def plot_curves(variants: Sequence[Variant], out: Path, window: int, xlabel: str = "step") -> list[tuple[str, str]]:
+    """One PNG per metric of CURVE_METRICS that some run logged: one line per variant (mean over seeds), band
+    min..max across seeds. Returns (file name, caption) pairs."""
+    colors = _colors([v.name for v in variants])
+    made = []
+    for key, title in CURVE_METRICS:
+        curves = [(v, c) for v in variants if (c := variant_curve(v, key, window)) is not None]
+        if not curves:
+            continue
+        fig = _figure(7, 4.2)
+        ax = fig.add_subplot()
+        for v, (steps, mean, lo, hi) in curves:
+            n = sum(1 for r in v.runs if r.series(key)[1].size)
+            ax.plot(steps, mean, color=colors[v.name], label=f"{v.name} (n={n})", lw=1.6)
+            if n > 1:
+                ax.fill_between(steps, lo, hi, color=colors[v.name], alpha=0.18, lw=0)
+        _style(ax, f"{title}: mean over seeds, band = min..max (trailing {window}-step mean)", xlabel, key)
+        ax.legend(fontsize=7, loc="best")
+        name = "curve_" + key.replace("/", "_") + ".png"
+        _save(fig, out / name)
+        made.append((name, f"{key}: one line per variant (mean over seeds), band min..max across seeds"))
+    return made
+
+
+def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
+    """Per-step (EUR, entropy) points per variant, and each run's mean as a large marker."""
+    colors = _colors([v.name for v in variants])
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    any_points = False
+    for v in variants:
+        first = True
+        for r in v.runs:
+            xy = np.asarray([(m.get("gate/eur"), m.get("policy/entropy")) for m in r.metrics],
+                            dtype=np.float64).reshape(-1, 2)  # (n_steps, 2); a missing value is NaN
+            x, y = xy[np.isfinite(xy).all(axis=1)].T  # (n_points,) each
+            if not x.size:
+                continue
+            ax.scatter(x, y, s=6, alpha=0.25, color=colors[v.name], lw=0)
+            ax.scatter([x.mean()], [y.mean()], s=60, color=colors[v.name], edgecolor="black",
+                       label=v.name if first else None, zorder=3)
+            first, any_points = False, True
+    if not any_points:
+        return []
+    _style(ax, "EUR vs entropy (small: per step; large: per-run mean)", "gate/eur", "policy/entropy")
+    ax.legend(fontsize=7)
+    _save(fig, out / "eur_vs_entropy.png")
+    return [("eur_vs_entropy.png", "EUR against policy entropy; the paper finds lower EUR with higher entropy")]
+
+
+def plot_gate_shapes(variants: Sequence[Variant], out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """f, f', x f'(x) of the gates present, each at its own parameters; (figures, notes). A gate this process
+    cannot build (a user gate registered elsewhere) is left out with a note; a failing figure is a note too."""
+    notes: list[str] = []
+    built: list[gates_mod.Gate] = []
+    for spec in dict.fromkeys(v.gate for v in variants if v.gate is not None):
+        try:
+            built.append(spec.build())
+        except (ValueError, TypeError, KeyError) as err:
+            notes.append(f"gate shape figure: {spec} left out: {err}")
+    if not built:
+        return [], notes + ["gate shape figure skipped: no gate this process can build in the runs"]
+    try:
+        plot_gates(built, taus=None, out=out / "gates.png")  # taus=None: each gate at its runs' temperatures
+    except Exception as err:  # a plotting failure must not lose the rest of the report
+        return [], notes + [f"gate shape figure skipped: plot_gates failed: {type(err).__name__}: {err}"]
+    if not (out / "gates.png").is_file():
+        return [], notes + ["gate shape figure skipped: plot_gates wrote no file"]
+    return [("gates.png", "gate shapes: f, f' and x f'(x) for the gates in these runs, at their own "
+                          "parameters (positive-advantage branch: tau_pos)")], notes
