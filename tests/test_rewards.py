@@ -173,3 +173,28 @@ def test_format_full_marks_for_any_reasoning_and_answer(reasoning: str, answer: 
 @given(st.text(alphabet="<>/thinkanswer x", max_size=120))
 def test_format_reward_is_always_a_paper_level(text: str) -> None:
     assert format_reward(text) in rewards.FORMAT_LEVELS
+
+
+def test_trainer_scoring_returns_the_grader_counters_of_that_call() -> None:
+    from types import SimpleNamespace
+
+    from softgate.config import Config
+    from softgate.tasks import get_task
+    from softgate.train import grader_metrics, score
+
+    gsm8k, math500 = get_task("gsm8k"), get_task("math500")
+    completions = ["<think>t</think><answer>5</answer>", "#### 6", "<answer>\\boxed{7}</answer>", "nothing",
+                   "<answer>" + "1" * 2000 + "</answer>"]
+    tasks = [gsm8k, gsm8k, math500, math500, math500]
+    cfg = Config()
+    with Grader(timeout=1.0) as grader:
+        rewards_, graded = score(tasks, SimpleNamespace(completions=completions), ["5", "5", "7", "1", "1"], cfg,
+                                 grader)
+        assert rewards_["answer"].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+        assert rewards_["total"].tolist() == (rewards_["answer"] + rewards_["format"]).tolist()
+        assert (graded.graded, graded.correct) == (5, 2)  # both tasks' calls added up
+        assert grader_metrics(graded) == {"grader/timeouts": 0.0, "grader/errors": 0.0, "grader/too_long": 1.0,
+                                          "grader/no_answer": 1.0}
+        _, again = score(tasks[:1], SimpleNamespace(completions=completions[:1]), ["5"], cfg, grader)
+        assert grader_metrics(again)["grader/no_answer"] == 0.0  # nothing carried over from the previous step
+        assert grader._pool.starts == 0
