@@ -181,13 +181,14 @@ class Grader:
                 st.not_numeric += 1
             else:
                 key = (normalize_answer(pred), normalize_answer(ref))
-                cached = self._cache.get(key)
-                if cached is not None or key in todo:  # repeated within the call: graded once
+                if key in self._cache:
                     st.cache_hits += 1
-                    if cached is not None:
-                        verdicts[i] = cached
-                        continue
-                todo.setdefault(key, []).append(i)
+                    verdicts[i] = self._cache[key]
+                elif key in todo:  # repeated within the call: graded once
+                    st.cache_hits += 1
+                    todo[key].append(i)
+                else:
+                    todo[key] = [i]
         return todo
 
     def _run_pool(self, todo: dict[tuple[str, str], list[int]], verdicts: list[bool], st: GraderStats) -> None:
