@@ -64,6 +64,24 @@ def test_from_config_carries_every_key() -> None:
     assert g.grade_many(["1" * 21], ["1"]).stats.too_long == 1
 
 
+@pytest.mark.parametrize("override, message", [
+    ("grader.timeout_s=0", r"^grader\.timeout_s: must be > 0, got 0"),
+    ("grader.workers=0", r"^grader\.workers: must be > 0"),
+    ("grader.memory_mb=-1", r"^grader\.memory_mb: must be >= 0 \(0 = no cap\)"),
+    ("grader.max_answer_chars=0", r"^grader\.max_answer_chars: must be > 0"),
+    ("grader.symbolic=maybe", r"grader\.symbolic"),
+    ("grader.timeout=3", r"unknown key 'grader\.timeout'.*timeout_s"),
+])
+def test_config_keys_are_validated_naming_the_key(override: str, message: str) -> None:
+    from softgate.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)  # one line
+    cfg = load_config(None, ["grader.timeout_s=2.5", "grader.symbolic=false"]).grader
+    assert (cfg.timeout_s, cfg.symbolic) == (2.5, False)
+
+
 def test_stats_add_field_by_field() -> None:
     total = GraderStats(graded=2, timeouts=1, pool_seconds=0.5) + GraderStats(graded=3, errors=2, pool_seconds=1.0)
     assert total == GraderStats(graded=5, timeouts=1, errors=2, pool_seconds=1.5)
