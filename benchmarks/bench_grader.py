@@ -4,7 +4,7 @@
 
 Prints, per category, items graded per second and how the items were decided, then the whole mix. Categories:
 
-- ``trainer batch``: 128 synthetic-task completions (integer answers) through ``answer_rewards``, the call the
+- ``trainer batch``: 128 synthetic-task completions (integer answers) through ``grade_answers``, the call the
   trainer makes every step (fast path only, no pool);
 - ``numeric``: decimals, thousands separators, fractions, units (fast path);
 - ``symbolic``: equivalent and non-equivalent LaTeX pairs that need math-verify (pool; cache disabled so every
@@ -19,8 +19,8 @@ import argparse
 import random
 import time
 
-from softgate.grading import Grader
-from softgate.rewards import answer_rewards
+from softgate.grading import Grader, GraderStats
+from softgate.rewards import grade_answers
 
 
 def numeric_items(rng: random.Random, n: int) -> list[tuple[str, str]]:
@@ -59,20 +59,17 @@ def hanging_items(n: int) -> list[tuple[str, str]]:
     return [(pool[i % len(pool)], str(i)) for i in range(n)]
 
 
-def run(grader: Grader, name: str, items: list[tuple[str, str]]) -> tuple[int, float]:
-    before = grader.stats.as_dict()
+def run(grader: Grader, name: str, items: list[tuple[str, str]]) -> GraderStats:
+    """Grade ``items`` in one call, print the rate and how they were decided; return that call's counters."""
     t0 = time.perf_counter()
-    grader.grade_many([p for p, _ in items], [r for _, r in items])
+    st = grader.grade_many([p for p, _ in items], [r for _, r in items]).stats
     dt = time.perf_counter() - t0
-    after = grader.stats.as_dict()
-    delta = {k: after[k] - before[k] for k in ("fast_path", "symbolic", "timeouts", "errors", "unparsed")}
-    refused = (after["too_long"] - before["too_long"]) + (after["control_chars"] - before["control_chars"])
     print(
         f"{name:<14} {len(items):>6} items {dt:8.3f} s {len(items) / dt:>11.1f} items/s   "
-        f"fast {delta['fast_path']:>5}  pool {delta['symbolic']:>4}  refused {refused:>3}  "
-        f"timeouts {delta['timeouts']:>3}  errors {delta['errors']:>2}  unparsed {delta['unparsed']:>2}"
+        f"fast {st.fast_path:>5}  pool {st.symbolic:>4}  refused {st.too_long + st.control_chars:>3}  "
+        f"timeouts {st.timeouts:>3}  errors {st.errors:>2}  unparsed {st.unparsed:>2}"
     )
-    return len(items), dt
+    return st
 
 
 def main() -> None:
@@ -90,14 +87,15 @@ def main() -> None:
     completions = [f"<think>{i} + 1</think><answer>{i + 1}</answer>" for i in range(128)]
     references = [str(i + 1 if i % 2 else i) for i in range(128)]
     t0 = time.perf_counter()
+    trainer = GraderStats()
     for _ in range(50):
-        answer_rewards(completions, references, grader=grader)
+        trainer += grade_answers(completions, references, grader=grader).stats
     dt = time.perf_counter() - t0
     print(f"{'trainer batch':<14} {128 * 50:>6} items {dt:8.3f} s {128 * 50 / dt:>11.1f} items/s   "
-          f"({1e6 * dt / (128 * 50):.1f} us per completion; pool started: {grader.stats.worker_starts > 0})")
+          f"({1e6 * dt / (128 * 50):.1f} us per completion; pool started: {trainer.worker_starts > 0})")
 
     t_start = time.perf_counter()
-    grader.grade("\\sqrt{4}", "2\\sqrt{1}")  # start the pool outside the timed categories
+    starts = grader.grade_many(["\\sqrt{4}"], ["2\\sqrt{1}"]).stats.worker_starts  # outside the timed categories
     print(f"{'pool start-up':<14} {time.perf_counter() - t_start:8.3f} s (one worker importing sympy + math-verify)")
 
     mix = {
@@ -106,16 +104,14 @@ def main() -> None:
         "refused": refused_items(),
         "hanging": hanging_items(args.hangs),
     }
-    total_n, total_t = 0, 0.0
+    st = GraderStats()
     for name, items in mix.items():
-        n, t = run(grader, name, items)
-        total_n, total_t = total_n + n, total_t + t
+        st += run(grader, name, items)
     everything = [x for items in mix.values() for x in items]
     rng.shuffle(everything)
-    n, t = run(grader, "shuffled mix", everything)
-    st = grader.stats
-    print(f"timeout rate over the mix: {st.timeouts / max(1, st.graded - 128 * 50 - 1):.4f} "
-          f"({st.timeouts} timeouts, {st.errors} errors, {st.worker_starts} worker starts, "
+    st += run(grader, "shuffled mix", everything)
+    print(f"timeout rate over the mix: {st.timeouts / max(1, st.graded):.4f} "
+          f"({st.timeouts} timeouts, {st.errors} errors, {starts + st.worker_starts} worker starts, "
           f"timeout {args.timeout:g} s, {args.workers} worker(s))")
     grader.close()
 

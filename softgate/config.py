@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_h
 import yaml
 
 from softgate.choices import AdvantageEstimator, AggMode, Backend, DType, KLEstimator, Level, Schedule
+from softgate.grading import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS
 
 if TYPE_CHECKING:  # softgate.gates imports torch; the config stays light so that --help is fast
     from softgate.gates import GateSpec
@@ -199,6 +200,23 @@ class LogConfig:
 
 
 @dataclass
+class GraderConfig:
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    """Seconds math-verify may spend on one answer; past it the worker is killed and the answer scores 0
+    (counted as ``grader/timeouts``)."""
+    workers: int = 1
+    """math-verify worker processes; the answers of one batch that need it are graded in parallel across them."""
+    memory_mb: int = DEFAULT_MEMORY_MB
+    """Extra address space (MB) a worker may allocate after start-up (Linux); a runaway computation then fails and
+    scores 0 (``grader/errors``). 0 = no cap."""
+    symbolic: bool = True
+    """Let math-verify decide answers the exact/numeric fast path cannot (tasks with LaTeX answers: math500,
+    deepmath). False: fast path only, no worker processes; undecided answers score 0."""
+    max_answer_chars: int = MAX_ANSWER_CHARS
+    """Extracted answers longer than this score 0 without being parsed (``grader/too_long``)."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed of everything: model sampling, data order, evaluation sampling."""
@@ -215,6 +233,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    grader: GraderConfig = field(default_factory=GraderConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -493,6 +512,11 @@ def validate(cfg: Config, locate=lambda key: "") -> None:
         check_device_name(cfg.model.device)
     except ValueError as err:
         fail("model.device", str(err))
+    positive("grader.timeout_s", cfg.grader.timeout_s)
+    positive("grader.workers", cfg.grader.workers)
+    positive("grader.max_answer_chars", cfg.grader.max_answer_chars)
+    if cfg.grader.memory_mb < 0:
+        fail("grader.memory_mb", f"must be >= 0 (0 = no cap), got {cfg.grader.memory_mb}")
 
 
 def _looks_like_path(value: str) -> bool:

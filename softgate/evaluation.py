@@ -5,33 +5,38 @@ Used by the trainer every ``eval.every`` steps and by ``softgate eval``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from softgate import passk
+from softgate.grading import Grader, GraderStats
 from softgate.rollout import HFSampler
 from softgate.tasks import Task
 
 
 @dataclass
 class EvalResult:
-    """Summary figures plus one record per (example, sample)."""
+    """Summary figures, one record per (example, sample), and how the grader decided (timeouts, errors...)."""
 
     summary: dict[str, Any]
     records: list[dict[str, Any]]
+    grader_stats: GraderStats = field(default_factory=GraderStats)
 
 
 def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: float = 0.7, max_new_tokens: int = 64,
-                    batch_size: int = 64, samples: int = 1, seed: int = 0, progress: bool = False) -> EvalResult:
-    """Sample ``samples`` completions per example and grade them with the task's rewards.
+                    batch_size: int = 64, samples: int = 1, seed: int = 0, progress: bool = False,
+                    grader: Grader | None = None) -> EvalResult:
+    """Sample ``samples`` completions per example and grade them with the task's rewards and ``grader`` (None: the
+    default one of ``softgate.rewards``).
 
     The sampling seed is fixed so that evaluations at different training steps see the same random stream.
     """
     sampler = HFSampler(model, tokenizer)
     records: list[dict[str, Any]] = []
+    graded = GraderStats()
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -42,7 +47,8 @@ def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: floa
             rollout = sampler.sample(prompts, samples, temperature=temperature, max_new_tokens=max_new_tokens,
                                      do_sample=temperature > 0)
             references = [e.reference for e in chunk for _ in range(samples)]
-            correct = task.answer_rewards(rollout.completions, references)
+            grades = task.grade_answers(rollout.completions, references, grader)
+            graded += grades.stats
             fmt = task.format_rewards(rollout.completions)
             lengths = rollout.completion_lengths.tolist()
             for i, text in enumerate(rollout.completions):
@@ -50,12 +56,12 @@ def evaluate_policy(model, tokenizer, task: Task, examples, *, temperature: floa
                 records.append({
                     "id": example.id, "sample": i % samples, "prompt": prompts[i // samples],
                     "completion": text, "extracted": task.extract_answer(text), "reference": example.reference,
-                    "correct": bool(correct[i] == 1.0), "format_reward": fmt[i], "length": int(lengths[i]),
+                    "correct": grades.verdicts[i], "format_reward": fmt[i], "length": int(lengths[i]),
                     "truncated": bool(rollout.truncated[i]),
                 })
     finally:
         torch.set_rng_state(generator_state)
-    return EvalResult(summary=summary_of_records(records, samples), records=records)
+    return EvalResult(summary=summary_of_records(records, samples), records=records, grader_stats=graded)
 
 
 def summary_of_records(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:

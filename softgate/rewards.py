@@ -4,9 +4,14 @@ Public API, the same for the trainer, ``softgate eval``, the TRL plug-in and ver
 
 - :func:`format_reward` ``(completion) -> float`` in {1, 0.5, 0.25, 0} and :func:`format_rewards` for a list;
 - :func:`answer_reward` ``(completion, reference) -> float`` in {1, 0} and :func:`answer_rewards` for lists;
-- :func:`extract_answer` ``(completion, mode) -> str | None``;
-- :func:`grader_stats` / :func:`reset_grader_stats`: counters of the shared grader (timeouts, parse errors, which
-  path decided), and :func:`configure_grader` to change its timeout / worker count.
+- :func:`grade_answers` ``(completions, references) -> Grades``: the verdicts with the counters of that call
+  (timeouts, parse errors, which path decided), for callers that log grader events;
+- :func:`extract_answer` ``(completion, mode) -> str | None``.
+
+Every answer function takes ``grader=``, a :class:`~softgate.grading.Grader` the caller made and owns (the trainer
+makes one from the ``grader.*`` config keys, ``softgate eval`` from its options). Without one, a grader with the
+default settings is made on first use and kept by this module; it only starts worker processes when an answer
+needs math-verify.
 
 Completions are untrusted text: extraction and the format check are linear scans with ``str.find``/``count`` (no
 backtracking regular expressions over the whole completion), answers longer than
@@ -29,20 +34,14 @@ are matched literally and case-sensitively.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from typing import Any
 
-from softgate.grading import (
-    MAX_ANSWER_CHARS,
-    Grader,
-    configure_grader,
-    default_grader,
-    matching_brace,
-)
+from softgate.choices import EXTRACT_MODES
+from softgate.grading import MAX_ANSWER_CHARS, Grader, Grades, matching_brace
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-from softgate.choices import EXTRACT_MODES
 FORMAT_LEVELS = (1.0, 0.5, 0.25, 0.0)
 
 __all__ = [
@@ -54,14 +53,13 @@ __all__ = [
     "THINK_CLOSE",
     "THINK_OPEN",
     "Grader",
+    "Grades",
     "answer_reward",
     "answer_rewards",
-    "configure_grader",
     "extract_answer",
     "format_reward",
     "format_rewards",
-    "grader_stats",
-    "reset_grader_stats",
+    "grade_answers",
 ]
 
 
@@ -175,6 +173,44 @@ def extract_answer(completion: str, extract: str | Sequence[str] = "answer") -> 
 # Answer reward
 
 
+_fallback: Grader | None = None  # made on first use by a call without grader=; default settings only
+_fallback_lock = threading.Lock()
+
+
+def _default_grader() -> Grader:
+    global _fallback
+    with _fallback_lock:
+        if _fallback is None:
+            _fallback = Grader()
+        return _fallback
+
+
+def grade_answers(
+    completions: Sequence[str],
+    references: Sequence[str],
+    *,
+    extract: str | Sequence[str] = "answer",
+    symbolic: bool = True,
+    grader: Grader | None = None,
+) -> Grades:
+    """Extract each completion's answer and grade it against its reference: one verdict per completion, and the
+    counters of this call (``Grades.stats``: timeouts, errors, refused and missing answers, which path decided).
+
+    Args:
+        completions: model outputs (untrusted).
+        references: gold answers, same length.
+        extract: extraction mode or modes (see :func:`extract_answer`).
+        symbolic: let math-verify decide what the exact/numeric fast path cannot (in the grader's process pool,
+            with a timeout). False: only the fast path; integer-answer tasks (synthetic, GSM8K, AIME) use this.
+        grader: the :class:`~softgate.grading.Grader` to use; default: one with default settings, made on first use.
+    """
+    if len(completions) != len(references):
+        raise ValueError(f"{len(completions)} completions for {len(references)} references")
+    modes = _modes(extract)
+    predictions = [extract_answer(c, modes) for c in completions]
+    return (grader or _default_grader()).grade_many(predictions, list(references), symbolic=symbolic)
+
+
 def answer_rewards(
     completions: Sequence[str],
     references: Sequence[str],
@@ -183,22 +219,10 @@ def answer_rewards(
     symbolic: bool = True,
     grader: Grader | None = None,
 ) -> list[float]:
-    """1.0 where the extracted answer equals the reference, else 0.0; one entry per completion.
-
-    Args:
-        completions: model outputs (untrusted).
-        references: gold answers, same length.
-        extract: extraction mode or modes (see :func:`extract_answer`).
-        symbolic: let math-verify decide what the exact/numeric fast path cannot (in the grader's process pool,
-            with a timeout). False: only the fast path; integer-answer tasks (synthetic, GSM8K, AIME) use this.
-        grader: a :class:`~softgate.grading.Grader`; default: the shared one (``grader_stats()`` reports it).
-    """
-    if len(completions) != len(references):
-        raise ValueError(f"{len(completions)} completions for {len(references)} references")
-    modes = _modes(extract)
-    predictions = [extract_answer(c, modes) for c in completions]
-    verdicts = (grader or default_grader()).grade_many(predictions, list(references), symbolic=symbolic)
-    return [1.0 if ok else 0.0 for ok in verdicts]
+    """1.0 where the extracted answer equals the reference, else 0.0; one entry per completion (the arguments are
+    those of :func:`grade_answers`)."""
+    grades = grade_answers(completions, references, extract=extract, symbolic=symbolic, grader=grader)
+    return [1.0 if ok else 0.0 for ok in grades.verdicts]
 
 
 def answer_reward(
@@ -209,17 +233,5 @@ def answer_reward(
     symbolic: bool = True,
     grader: Grader | None = None,
 ) -> float:
-    """1.0 if the answer in ``completion`` equals ``reference``, else 0.0 (see :func:`answer_rewards`)."""
+    """1.0 if the answer in ``completion`` equals ``reference``, else 0.0 (see :func:`grade_answers`)."""
     return answer_rewards([completion], [reference], extract=extract, symbolic=symbolic, grader=grader)[0]
-
-
-def grader_stats() -> dict[str, Any]:
-    """Counters of the shared grader: ``graded``, ``correct``, ``fast_path``, ``symbolic``, ``timeouts``,
-    ``errors``, ``unparsed``, ``too_long``, ``control_chars``, ``no_answer``, ``cache_hits``, ``worker_starts``,
-    ``pool_seconds`` (see ``softgate.grading.GraderStats``)."""
-    return default_grader().stats.as_dict()
-
-
-def reset_grader_stats() -> None:
-    """Zero the shared grader's counters (e.g. once per logging interval)."""
-    default_grader().reset_stats()

@@ -35,11 +35,11 @@ from softgate.config import Config, ConfigError, save_config, to_dict
 from softgate.data import load_examples, load_task, task_of
 from softgate.evaluation import evaluate_policy
 from softgate.forward import completion_logprobs
+from softgate.grading import Grader, GraderStats
 from softgate.losses import policy_loss
 from softgate.rundir import RunDir, RunInfo, is_on_policy
 from softgate.tracking import TrackingSinks
 from softgate.modeling import load_model_and_tokenizer
-from softgate.rewards import grader_stats, reset_grader_stats
 from softgate.rollout import Rollout, make_sampler
 
 # --------------------------------------------------------------------------------------------------------------
@@ -105,25 +105,27 @@ class PromptStream:
         return out
 
 
-def score(tasks: list, rollout: Rollout, references: list[str], cfg: Config) -> dict[str, torch.Tensor]:
-    """Reward components per completion, and their weighted total; ``tasks[i]`` grades completion i (mixed data
-    can hold several tasks). Shapes: each [N]."""
-    reset_grader_stats()
+def score(tasks: list, rollout: Rollout, references: list[str], cfg: Config,
+          grader: Grader) -> tuple[dict[str, torch.Tensor], GraderStats]:
+    """Reward components per completion and their weighted total, and the grader's counters for this batch;
+    ``tasks[i]`` grades completion i (mixed data can hold several tasks). Shapes: each [N]."""
     answer = torch.zeros(len(references))
     fmt = torch.zeros(len(references))
+    graded = GraderStats()
     for task in {id(t): t for t in tasks}.values():
         rows = [i for i, t in enumerate(tasks) if t is task]
         texts = [rollout.completions[i] for i in rows]
-        answer[rows] = torch.tensor(task.answer_rewards(texts, [references[i] for i in rows]), dtype=torch.float32)
+        grades = task.grade_answers(texts, [references[i] for i in rows], grader)
+        answer[rows] = torch.tensor(grades.verdicts, dtype=torch.float32)
         fmt[rows] = torch.tensor(task.format_rewards(texts), dtype=torch.float32)
+        graded += grades.stats
     total = cfg.task.answer_weight * answer + cfg.task.format_weight * fmt
-    return {"total": total, "answer": answer, "format": fmt}
+    return {"total": total, "answer": answer, "format": fmt}, graded
 
 
-def grader_metrics() -> dict[str, float]:
-    """Grader events of the last scoring call: timeouts and errors give reward 0 and are counted, never hidden."""
-    stats = grader_stats()
-    return {f"grader/{k}": float(stats[k]) for k in ("timeouts", "errors", "too_long", "no_answer")}
+def grader_metrics(graded: GraderStats) -> dict[str, float]:
+    """Grader events of one scoring call: timeouts and errors give reward 0 and are counted, never hidden."""
+    return {f"grader/{k}": float(getattr(graded, k)) for k in ("timeouts", "errors", "too_long", "no_answer")}
 
 
 @torch.no_grad()
@@ -257,6 +259,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
     sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
+    grader = Grader.from_config(cfg.grader)  # its workers stop when train() returns and the grader is collected
 
     # --- resume ---
     start_step, tau_scale, cursor = 0, 1.0, 0
@@ -281,7 +284,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     def run_eval(step: int) -> dict[str, Any]:
         result = evaluate_policy(model, tokenizer, task, test_examples, temperature=cfg.eval.temperature,
                                  max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345)
+                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
         record = {"rl_step": step, "step": step * updates_per_step, "eval/task": task.name,
                   **{f"eval/{k}": v for k, v in result.summary.items()}}
         eval_log.write(record)
@@ -309,7 +312,8 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             t_gen = time.perf_counter()
 
             # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
-            rewards = score([example_tasks[i] for i in batch_idx for _ in range(G)], rollout, references, cfg)
+            rewards, graded = score([example_tasks[i] for i in batch_idx for _ in range(G)], rollout, references, cfg,
+                                    grader)
             adv = group_advantages(rewards["total"], G, cfg.algo.advantage)
             keep = torch.ones(len(adv), dtype=torch.bool)
             if cfg.algo.drop_zero_variance:
@@ -325,7 +329,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             t_logp = time.perf_counter()
 
             # 4. num_iterations passes, each split into minibatches of whole groups: one optimizer step each.
-            base = {**rollout_metrics(rewards, rollout), **grader_metrics()}
+            base = {**rollout_metrics(rewards, rollout), **grader_metrics(graded)}
             groups = torch.arange(P)
             records = []
             for iteration in range(cfg.algo.num_iterations):

@@ -53,3 +53,26 @@ def test_eval_gsm8k_fixture(tiny_random_model, tmp_path):
 def test_eval_needs_data_for_file_tasks(tiny_random_model, tmp_path, capsys):
     assert main(["eval", "--model", tiny_random_model, "--task", "math500", "--out", str(tmp_path)]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_eval_builds_its_grader_from_the_options(tiny_random_model, tmp_path, capsys, monkeypatch):
+    import softgate.evaluation
+    from softgate.evaluation import EvalResult, summary_of_records
+    from softgate.grading import GraderStats
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, task, examples, *, grader, **kwargs):
+        seen.update(timeout=grader.timeout, workers=grader._pool.size)
+        records = [{"id": "a", "correct": False, "format_reward": 0.0, "length": 3, "extracted": None,
+                    "truncated": False}]
+        return EvalResult(summary_of_records(records, 1), records, GraderStats(graded=1, timeouts=1))
+
+    monkeypatch.setattr(softgate.evaluation, "evaluate_policy", fake_evaluate)
+    code = main(["eval", "--model", tiny_random_model, "--task", "synthetic", "--limit", "1", "--out",
+                 str(tmp_path), "--grader-timeout", "2.5", "--grader-workers", "2"])
+    assert code == 0 and seen == {"timeout": 2.5, "workers": 2}
+    assert "grader: 1 timeouts, 0 errors, 0 too_long (scored 0)" in capsys.readouterr().out
+    for bad in (["--grader-timeout", "0"], ["--grader-workers", "0"]):
+        assert main(["eval", "--model", tiny_random_model, "--task", "synthetic", "--out", str(tmp_path), *bad]) == 2
+    assert "must be" in capsys.readouterr().err

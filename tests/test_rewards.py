@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from softgate import rewards
 from softgate.grading import Grader
-from softgate.rewards import answer_reward, answer_rewards, extract_answer, format_reward, format_rewards
+from softgate.rewards import (
+    answer_reward,
+    answer_rewards,
+    extract_answer,
+    format_reward,
+    format_rewards,
+    grade_answers,
+)
 
 # -- format reward ------------------------------------------------------------------------------------------------
 
@@ -76,7 +83,7 @@ def fast_grader():
     """A grader that must never start its pool (checked after each test)."""
     g = Grader(timeout=1.0)
     yield g
-    assert g.stats.worker_starts == 0
+    assert g._pool.starts == 0
     g.close()
 
 
@@ -108,7 +115,9 @@ def test_answer_rewards_batched_synthetic_style(fast_grader: Grader) -> None:
     references = [str(i + 1 if i % 3 else i) for i in range(128)]
     out = answer_rewards(completions, references, grader=fast_grader)
     assert out == [1.0 if i % 3 else 0.0 for i in range(128)]
-    assert fast_grader.stats.graded == 128 and fast_grader.stats.fast_path == 128
+    grades = grade_answers(completions, references, grader=fast_grader)
+    assert [1.0 if ok else 0.0 for ok in grades.verdicts] == out
+    assert (grades.stats.graded, grades.stats.fast_path, grades.stats.correct) == (128, 128, sum(out))
 
 
 def test_answer_reward_extract_option(fast_grader: Grader) -> None:
@@ -116,7 +125,8 @@ def test_answer_reward_extract_option(fast_grader: Grader) -> None:
     assert answer_reward("so\n#### 12", "12", grader=fast_grader) == 0.0  # default mode wants <answer>
     assert answer_reward("\\boxed{12}", "12", extract=("answer", "boxed"), grader=fast_grader) == 1.0
     assert answer_reward("<answer>2+10</answer>", "12", symbolic=False, grader=fast_grader) == 0.0
-    assert fast_grader.stats.not_numeric == 1
+    graded = grade_answers(["<answer>2+10</answer>", "no tag"], ["12", "3"], symbolic=False, grader=fast_grader)
+    assert (graded.stats.not_numeric, graded.stats.no_answer) == (1, 1)
 
 
 def test_answer_rewards_length_mismatch() -> None:
@@ -125,21 +135,26 @@ def test_answer_rewards_length_mismatch() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_answer_reward_symbolic_through_shared_grader() -> None:
-    rewards.configure_grader(timeout=2.0, workers=1)
-    try:
-        rewards.reset_grader_stats()
-        completions = [
-            "<answer>\\frac{\\sqrt{3}}{2}</answer>",
-            "<answer>2\\sqrt{2}</answer>",
-            "<answer>10^{10^{10^{10}}}</answer>",  # hangs sympy: times out
-        ]
-        out = answer_rewards(completions, ["\\frac{\\sqrt3}{2}", "\\sqrt{8}", "7"])
-        assert out == [1.0, 1.0, 0.0]
-        stats = rewards.grader_stats()
-        assert stats["graded"] == 3 and stats["timeouts"] == 1 and stats["correct"] == 2
-    finally:
-        rewards.configure_grader()  # back to defaults; stops the pool
+def test_answer_rewards_symbolic_with_a_grader_and_its_counters() -> None:
+    completions = [
+        "<answer>\\frac{\\sqrt{3}}{2}</answer>",
+        "<answer>2\\sqrt{2}</answer>",
+        "<answer>10^{10^{10^{10}}}</answer>",  # hangs sympy: times out
+    ]
+    references = ["\\frac{\\sqrt3}{2}", "\\sqrt{8}", "7"]
+    with Grader(timeout=2.0, workers=1) as grader:
+        graded = grade_answers(completions, references, grader=grader)
+        assert graded.verdicts == [True, True, False]
+        assert (graded.stats.graded, graded.stats.timeouts, graded.stats.correct) == (3, 1, 2)
+        assert answer_rewards(completions, references, grader=grader) == [1.0, 1.0, 0.0]  # now from the cache
+
+
+@pytest.mark.timeout(180)
+def test_answer_reward_without_a_grader_uses_a_default_one() -> None:
+    assert answer_reward("<answer>2\\sqrt{2}</answer>", "\\sqrt{8}") == 1.0  # needs math-verify
+    assert answer_reward("<answer>7</answer>", "7") == 1.0
+    default = rewards._default_grader()
+    assert default is rewards._default_grader() and default.timeout == 5.0  # made once, from default arguments
 
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -158,3 +173,28 @@ def test_format_full_marks_for_any_reasoning_and_answer(reasoning: str, answer: 
 @given(st.text(alphabet="<>/thinkanswer x", max_size=120))
 def test_format_reward_is_always_a_paper_level(text: str) -> None:
     assert format_reward(text) in rewards.FORMAT_LEVELS
+
+
+def test_trainer_scoring_returns_the_grader_counters_of_that_call() -> None:
+    from types import SimpleNamespace
+
+    from softgate.config import Config
+    from softgate.tasks import get_task
+    from softgate.train import grader_metrics, score
+
+    gsm8k, math500 = get_task("gsm8k"), get_task("math500")
+    completions = ["<think>t</think><answer>5</answer>", "#### 6", "<answer>\\boxed{7}</answer>", "nothing",
+                   "<answer>" + "1" * 2000 + "</answer>"]
+    tasks = [gsm8k, gsm8k, math500, math500, math500]
+    cfg = Config()
+    with Grader(timeout=1.0) as grader:
+        rewards_, graded = score(tasks, SimpleNamespace(completions=completions), ["5", "5", "7", "1", "1"], cfg,
+                                 grader)
+        assert rewards_["answer"].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+        assert rewards_["total"].tolist() == (rewards_["answer"] + rewards_["format"]).tolist()
+        assert (graded.graded, graded.correct) == (5, 2)  # both tasks' calls added up
+        assert grader_metrics(graded) == {"grader/timeouts": 0.0, "grader/errors": 0.0, "grader/too_long": 1.0,
+                                          "grader/no_answer": 1.0}
+        _, again = score(tasks[:1], SimpleNamespace(completions=completions[:1]), ["5"], cfg, grader)
+        assert grader_metrics(again)["grader/no_answer"] == 0.0  # nothing carried over from the previous step
+        assert grader._pool.starts == 0

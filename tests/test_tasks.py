@@ -13,9 +13,8 @@ import pytest
 from softgate.tasks import DataError, Example, Examples, Task, get_task, names, register
 from softgate.tasks.aime import load_aime
 from softgate.tasks.base import DEFAULT_SYSTEM_PROMPT
-from softgate.tasks.deepmath import load_deepmath
 from softgate.tasks.gsm8k import load_gsm8k, parse_final_answer
-from softgate.tasks.math500 import load_math500
+from softgate.tasks.latex_answers import load_deepmath, load_math500
 from softgate.tasks.mix import allocate, default_size, mix, paper_mix
 
 FIX = Path(__file__).parent / "fixtures"
@@ -153,6 +152,23 @@ def test_hugging_face_path_uses_datasets_stub(monkeypatch: pytest.MonkeyPatch) -
     assert calls == [("openai/gsm8k", "main", "test"), ("openai/gsm8k", "main", "train")]
 
 
+def test_latex_answer_tasks_read_their_own_columns_and_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    rows = [{"problem": "p", "question": "q", "answer": "\\frac12", "final_answer": "3", "level": 2, "topic": "t"}]
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, split))
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    math500, deepmath = get_task("math500").load("hf"), get_task("deepmath").load("hf")
+    assert calls == [("HuggingFaceH4/MATH-500", "test"), ("zwhe99/DeepMath-103K", "train")]
+    assert (math500[0].question, math500[0].reference, math500[0].source, dict(math500[0].meta)) == (
+        "p", "\\frac12", "math500", {"level": 2})
+    assert (deepmath[0].question, deepmath[0].reference, deepmath[0].source, dict(deepmath[0].meta)) == (
+        "q", "3", "deepmath", {"topic": "t"})
+
+
 def test_missing_datasets_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import raises ImportError
     with pytest.raises(ImportError, match=r"softgate\[data\]"):
@@ -238,6 +254,25 @@ def test_task_reward_functions_use_task_extraction() -> None:
     assert task.format_rewards(completions) == [1.0, 0.0, 0.25]
     assert set(task.reward_fns()) == {"answer", "format"}
     assert task.extract_answer("#### 1,234") == "1,234"
+
+
+def test_task_grades_with_the_grader_it_is_given() -> None:
+    from softgate.grading import Grader
+
+    completions = ["<answer>\\sqrt{8}</answer>", "\\boxed{3}", "no answer"]
+    with Grader(timeout=1.0, symbolic=False) as grader:  # the caller's grader decides: no math-verify here
+        grades = get_task("math500").grade_answers(completions, ["2\\sqrt{2}", "3", "1"], grader)
+        assert grades.verdicts == [False, True, False]
+        assert (grades.stats.not_numeric, grades.stats.fast_path, grades.stats.no_answer) == (1, 1, 1)
+        assert get_task("math500").answer_rewards(completions[1:], ["3", "1"], grader) == [1.0, 0.0]
+        assert grader._pool.starts == 0
+
+
+def test_math500_and_deepmath_share_one_definition() -> None:
+    math500, deepmath = get_task("math500"), get_task("deepmath")
+    assert (math500.extract, math500.symbolic) == (deepmath.extract, deepmath.symbolic)
+    assert (math500.default_hf, deepmath.default_hf) == (("HuggingFaceH4/MATH-500",), ("zwhe99/DeepMath-103K",))
+    assert (load_math500.__name__, load_deepmath.__name__) == ("load_math500", "load_deepmath")
 
 
 # -- mixing -----------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from softgate.grading import DEFAULT_TIMEOUT_S
     from softgate.tasks import names as task_names
 
     p = subparsers.add_parser(
@@ -27,16 +28,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call (default 32)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--out", default="eval_out", help="output directory (items.jsonl, summary.json)")
+    p.add_argument("--grader-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds math-verify may spend on one answer before it scores 0 (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--grader-workers", type=int, default=1,
+                   help="math-verify worker processes (default 1; only LaTeX-answer tasks use them)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from softgate.evaluation import evaluate_policy
+    from softgate.grading import Grader
     from softgate.modeling import load_model_and_tokenizer
     from softgate.tasks import get_task
 
-    if args.samples < 1:
-        print("softgate eval: --samples must be >= 1", file=sys.stderr)
+    for option, value, minimum in (("--samples", args.samples, 1), ("--grader-workers", args.grader_workers, 1)):
+        if value < minimum:
+            print(f"softgate eval: {option} must be >= {minimum}", file=sys.stderr)
+            return 2
+    if not args.grader_timeout > 0:
+        print("softgate eval: --grader-timeout must be > 0", file=sys.stderr)
         return 2
     task = get_task(args.task)
     if args.task == "synthetic":
@@ -50,9 +60,10 @@ def run(args) -> int:
         examples = task.load(args.data, limit=args.limit)
     examples = examples[: args.limit] if args.limit else examples
     model, tokenizer = load_model_and_tokenizer(args.model)
-    result = evaluate_policy(model, tokenizer, task, examples, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, samples=args.samples,
-                             seed=args.seed, progress=True)
+    with Grader(timeout=args.grader_timeout, workers=args.grader_workers) as grader:
+        result = evaluate_policy(model, tokenizer, task, examples, temperature=args.temperature,
+                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                 samples=args.samples, seed=args.seed, progress=True, grader=grader)
     summary = dict(result.summary)
     summary.update(model=args.model, task=args.task, data=args.data, temperature=args.temperature)
     out = Path(args.out)
@@ -68,5 +79,8 @@ def run(args) -> int:
     for key in summary:
         if key.startswith(("pass@", "maj@")):
             print(f"  {key}: {summary[key]:.3f}")
+    events = {k: getattr(result.grader_stats, k) for k in ("timeouts", "errors", "too_long")}
+    if any(events.values()):  # each of these scored 0: say so rather than let it pass for a wrong answer
+        print("  grader: " + ", ".join(f"{v} {k}" for k, v in events.items()) + " (scored 0)")
     print(f"wrote {out / 'items.jsonl'} and {out / 'summary.json'}")
     return 0

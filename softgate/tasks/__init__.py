@@ -17,9 +17,9 @@ from softgate.tasks.base import DataError, Example, Examples, SkippedRow, Task
 _REGISTRY: dict[str, tuple[str, str]] = {
     "synthetic": ("softgate.tasks.synthetic", "SyntheticTask"),
     "gsm8k": ("softgate.tasks.gsm8k", "TASK"),
-    "math500": ("softgate.tasks.math500", "TASK"),
+    "math500": ("softgate.tasks.latex_answers", "MATH500"),
     "aime": ("softgate.tasks.aime", "TASK"),
-    "deepmath": ("softgate.tasks.deepmath", "TASK"),
+    "deepmath": ("softgate.tasks.latex_answers", "DEEPMATH"),
 }
 _CACHE: dict[str, Any] = {}
 

@@ -21,7 +21,12 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from softgate.choices import EXTRACT_MODES
+
+if TYPE_CHECKING:
+    from softgate.grading import Grader, Grades
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +40,6 @@ DEFAULT_SYSTEM_PROMPT = (
 
 # Used when the tokenizer has no chat template (base models, the tiny embedded model). Fields: {system}, {question}.
 DEFAULT_PLAIN_TEMPLATE = "{system}\n\nQuestion: {question}\nAnswer:"
-
-# Answer-extraction modes understood by softgate.rewards.extract_answer, in the order a task tries them.
-from softgate.choices import EXTRACT_MODES
 
 
 @dataclass(frozen=True)
@@ -147,11 +149,19 @@ class Task:
         return self.plain_template.format(system=self.system_prompt, question=example.question)
 
     # -- rewards ---------------------------------------------------------------------------------------------
-    def answer_rewards(self, completions: Sequence[str], references: Sequence[str]) -> list[float]:
-        """1.0 / 0.0 per completion with this task's extraction modes and symbolic setting."""
+    def grade_answers(self, completions: Sequence[str], references: Sequence[str],
+                      grader: Grader | None = None) -> Grades:
+        """Verdict per completion with this task's extraction modes and symbolic setting, and the counters of the
+        call (see ``softgate.rewards.grade_answers``; ``grader=None`` uses the default one)."""
         from softgate import rewards
 
-        return rewards.answer_rewards(completions, references, extract=self.extract, symbolic=self.symbolic)
+        return rewards.grade_answers(completions, references, extract=self.extract, symbolic=self.symbolic,
+                                     grader=grader)
+
+    def answer_rewards(self, completions: Sequence[str], references: Sequence[str],
+                       grader: Grader | None = None) -> list[float]:
+        """1.0 / 0.0 per completion (see :meth:`grade_answers`)."""
+        return [1.0 if ok else 0.0 for ok in self.grade_answers(completions, references, grader).verdicts]
 
     def format_rewards(self, completions: Sequence[str]) -> list[float]:
         """The paper's 1 / 0.5 / 0.25 / 0 format levels per completion."""
@@ -361,16 +371,3 @@ def merge_columns(defaults: Mapping[str, str], columns: Mapping[str, str] | None
         merged[key] = value
     return merged
 
-
-def question_answer_parser(source: str, cols: Mapping[str, str],
-                           meta_columns: Sequence[str] = ()) -> Callable[[Mapping[str, Any], int], Example]:
-    """Row parser for datasets whose answer column is the final answer itself (MATH500, DeepMath): ``question``
-    and ``answer`` roles required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present."""
-
-    def parse(row: Mapping[str, Any], index: int) -> Example:
-        question = get_field(row, cols["question"], "question")
-        answer = get_field(row, cols["answer"], "answer")
-        meta = {k: row[k] for k in meta_columns if k in row}
-        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), source, meta)
-
-    return parse
