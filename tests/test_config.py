@@ -138,3 +138,22 @@ def test_docs_config_md_is_generated_from_the_code():
     undocumented = [f"{cls}.{name}" for cls, fields in field_docs().items() for name, doc in fields.items()
                     if not doc and cls != "Config"]
     assert not undocumented, f"config fields without a docstring: {undocumented}"
+
+
+def test_eur_target_needs_a_temperature_gate():
+    assert load_config(None, ["algo.eur_target=0.9"]).algo.eur_target == 0.9
+    for gate in ("clip", "identity"):
+        with pytest.raises(ConfigError, match=r"algo.eur_target: .*has none"):
+            load_config(None, [f"gate.name={gate}", "algo.eur_target=0.9"])
+
+
+def test_micro_batch_larger_than_the_minibatch_means_one_pass():
+    # Defaults: 16 prompts x 8 / 2 minibatches = 64 sequences per minibatch.
+    assert load_config(None, ["algo.micro_batch_size=1000"]).algo.micro_batch_size == 1000
+    with pytest.raises(ConfigError, match="not divisible by algo.micro_batch_size=48"):
+        load_config(None, ["algo.micro_batch_size=48"])
+
+
+def test_unknown_task_is_caught_before_anything_loads():
+    with pytest.raises(ConfigError, match=r"task.name: unknown task 'gsm9k'; known tasks: .*gsm8k"):
+        load_config(None, ["task.name=gsm9k"])
