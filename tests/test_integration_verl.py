@@ -237,7 +237,7 @@ def test_softgate_policy_loss_config_fields_are_read() -> None:
     plain = _with_info(_config(), None)
     student = _with_info(_config(policy_loss=sv.SoftGatePolicyLossConfig(
         loss_mode="softgate_student", softgate_gate_params={"nu": 1.0})), None)
-    # student with nu = 1 is the arctan gate (gates.py): same loss as softgate_arctan.
+    # student with nu = 1 is the arctan gate (softgate.gates.student): same loss as softgate_arctan.
     loss_student, grad_student, _ = _call("softgate_student", batch, "token-mean", student)
     loss_arctan, grad_arctan, _ = _call("softgate_arctan", batch, "token-mean", plain)
     _close(loss_student, loss_arctan)

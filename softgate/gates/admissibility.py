@@ -323,7 +323,7 @@ def _condition_4(s: _Samples, tol: Tolerances) -> ConditionResult:
     t100, t200 = float(tail[-1 - 2 * _WINDOW]), float(tail[-1 - _WINDOW])
     rate_prev, rate = math.log10(t200 / t100) / _WINDOW, math.log10(last / t200) / _WINDOW
     if rate > -tol.tail_slope:
-        return s.result(4, False, f"{fails}: it decays as x^{rate:.3g} over 1e200..1e300, slower than "
+        return s.result(4, False, f"{fails}: it decays as x^{rate:.4g} over 1e200..1e300, slower than "
                         f"x^-{tol.tail_slope:g}", 1e300)
     if rate > tol.tail_stall * rate_prev:
         return s.result(4, False, f"{fails}: its decay stalls (x^{rate_prev:.3g} over 1e100..1e200, x^{rate:.3g} "
@@ -337,9 +337,9 @@ _CONDITIONS = (_condition_1, _condition_2, _condition_3, _condition_4)
 def check(gate: Gate, *, grid: Tensor | None = None, tol: Tolerances | None = None) -> AdmissibilityReport:
     """Verify the paper's four admissibility conditions numerically, for both temperature branches.
 
-    1. C^1: f and f' finite on all samples and at x = 0; no jump of f' (a change above ``tol.jump`` between
-       neighbouring samples is bisected 60 times: a jump survives, a steep but continuous f' does not); and on
-       every grid interval [a, b], f(b) - f(a) equals the 5-point Gauss-Legendre integral of ``df`` to
+    1. C^1: f' finite on all samples, f on the grid and the probe, both at x = 0; no jump of f' (a change above
+       ``tol.jump`` between neighbouring samples is bisected 60 times: a jump survives, a steep but continuous f'
+       does not); and on every grid interval [a, b], f(b) - f(a) equals the 5-point Gauss-Legendre integral of ``df`` to
        ``tol.fd * (b - a) * (1 + max f')`` plus rounding of f.
     2. |f'(1) - 1| <= ``tol.value`` and no sample has f' above f'(1) + ``tol.value`` (the peak is then located
        between the samples).
