@@ -19,6 +19,7 @@ pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from softgate import gates  # noqa: E402
 from softgate.integrations.trl import (  # noqa: E402
     SoftGateGRPOConfig,
     SoftGateGRPOTrainer,
@@ -286,6 +287,22 @@ def test_config_temperatures_have_one_value(tmp_path: Path) -> None:
     assert gate.name == "sigmoid" and gate.params == {"tau_pos": 10.0, "tau_neg": 12.0}
     clip = _config(tmp_path, softgate_gate="clip", epsilon=0.2, epsilon_high=0.28).softgate_gate_object()
     assert clip.params == {"eps_low": 0.2, "eps_high": 0.28}
+
+
+def test_default_temperatures_are_the_registrys(tmp_path: Path) -> None:
+    # Nothing set: the gate family's defaults (the registry is their one home), mirrored into TRL's SAPO fields.
+    for name in ("erf", "student"):
+        cfg = _config(tmp_path, softgate_gate=name)
+        expected = gates.defaults(name)
+        assert cfg.softgate_gate_object().params == expected
+        assert (cfg.softgate_tau_pos, cfg.sapo_temperature_pos) == (expected["tau_pos"],) * 2 == (10.0, 10.0)
+        assert (cfg.softgate_tau_neg, cfg.sapo_temperature_neg) == (expected["tau_neg"],) * 2 == (12.0, 12.0)
+    # SAPO's own pair is one argument away; softgate_gate_params wins over the fields.
+    sapo = _config(tmp_path, softgate_tau_pos=1.0, softgate_tau_neg=1.05)
+    assert sapo.softgate_gate_object().params == {"tau_pos": 1.0, "tau_neg": 1.05}
+    both = _config(tmp_path, softgate_gate="student", softgate_tau_pos=3.0, softgate_gate_params={"tau_pos": 4.0})
+    assert both.softgate_gate_object().params == {"tau_pos": 4.0, "tau_neg": 12.0, "nu": 3.0}
+    assert (both.softgate_tau_pos, both.sapo_temperature_pos) == (4.0, 4.0)
 
 
 @pytest.mark.parametrize(("gate", "agg", "loss_type"), [

@@ -237,7 +237,7 @@ def test_softgate_policy_loss_config_fields_are_read() -> None:
     plain = _with_info(_config(), None)
     student = _with_info(_config(policy_loss=sv.SoftGatePolicyLossConfig(
         loss_mode="softgate_student", softgate_gate_params={"nu": 1.0})), None)
-    # student with nu = 1 is the arctan gate (gates.py): same loss as softgate_arctan.
+    # student with nu = 1 is the arctan gate (softgate.gates.student): same loss as softgate_arctan.
     loss_student, grad_student, _ = _call("softgate_student", batch, "token-mean", student)
     loss_arctan, grad_arctan, _ = _call("softgate_arctan", batch, "token-mean", plain)
     _close(loss_student, loss_arctan)
@@ -248,6 +248,24 @@ def test_softgate_policy_loss_config_fields_are_read() -> None:
     loss_seq, _, _ = _call("softgate_erf", batch, "seq-mean-token-mean", seq)
     loss_tok, _, _ = _call("softgate_erf", batch, "seq-mean-token-mean", plain)
     assert abs(loss_seq.item() - loss_tok.item()) > 1e-6
+
+
+def test_temperatures_missing_from_the_config_are_the_registrys() -> None:
+    # The plug-in has no default temperatures of its own: a config without tau_pos / tau_neg (a plain mapping, as
+    # an omegaconf section may be) gets the registry's, and softgate_gate_params wins over verl's actor fields.
+    batch = _batch(seed=5)
+    paper = _with_info(_config(tau_pos=10.0, tau_neg=12.0), None)
+    assert (gates.defaults("erf")["tau_pos"], gates.defaults("erf")["tau_neg"]) == (10.0, 12.0)
+    bare = {"policy_loss": {"loss_mode": "softgate_erf"}, "global_batch_info": {}}
+    overridden = _with_info(_config(policy_loss=sv.SoftGatePolicyLossConfig(
+        loss_mode="softgate_erf", softgate_gate_params={"tau_pos": 10.0, "tau_neg": 12.0})), None)
+    loss_paper, grad_paper, _ = _call("softgate_erf", batch, "token-mean", paper)
+    for config in (bare, overridden):
+        loss, grad, _ = _call("softgate_erf", batch, "token-mean", config)
+        _close(loss, loss_paper)
+        _close(grad, grad_paper)
+    loss_actor, _, _ = _call("softgate_erf", batch, "token-mean", _with_info(_config(), None))  # tau 2 / 3
+    assert abs(loss_actor.item() - loss_paper.item()) > 1e-6
 
 
 def test_sequence_level_needs_row_constant_advantages() -> None:

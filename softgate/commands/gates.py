@@ -1,44 +1,58 @@
 """``softgate gates list | check NAME | plot NAME... --out FILE``: inspect the gate registry.
 
-Gate names in ``--help`` and in argument validation come from ``softgate.gates`` itself, but through a lazy
-container: torch is imported only when a gates command runs (or its help is printed), not for every ``softgate``
-invocation.
+Nothing here imports torch until a handler runs, so ``softgate gates check --help`` stays fast: gate names are
+checked by the registry inside the handlers (an unknown name is a one-line error listing the known ones), and gate
+parameters travel generically as ``--param KEY=VALUE``, validated by the registry against the family's own
+parameter list. The flags ``--tau-pos``, ``--tau-neg``, ``--eps-low``, ``--eps-high`` and ``--nu`` are kept as
+spellings of ``--param`` for the built-in families; ``--tau`` and ``--eps`` set both temperatures / clip bounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+# Spellings of --param kept from earlier releases: --tau-pos X is --param tau_pos=X, etc.
+_PARAM_FLAGS = ("--tau-pos", "--tau-neg", "--eps-low", "--eps-high", "--nu")
+# Shorthands setting two parameters at once.
+_PAIR_FLAGS = {"--tau": ("tau_pos", "tau_neg"), "--eps": ("eps_low", "eps_high")}
 
 
-class _GateNames:
-    """``choices`` for argparse that reads the registry on first use (names, then aliases)."""
+class _Param(argparse.Action):
+    """Collects gate parameters in order as ``(flag, key, value)`` in ``namespace.params``; the handler merges them
+    (a key given by two flags is an error) and the registry validates them."""
 
-    def _all(self) -> list[str]:
-        from softgate import gates
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = list(getattr(namespace, "params", None) or [])
+        flag = option_string or self.dest
+        if flag == "--param":
+            key, sep, text = str(values).partition("=")
+            try:
+                value = float(text)
+            except ValueError:
+                value = None
+            if not sep or not key.strip() or value is None:
+                parser.error(f"--param expects KEY=VALUE with a number, e.g. --param nu=8, got {values!r}")
+            items.append((flag, key.strip(), value))
+        else:
+            keys = _PAIR_FLAGS.get(flag, (flag[2:].replace("-", "_"),))
+            items.extend((flag, key, float(values)) for key in keys)
+        namespace.params = items
 
-        return [*gates.names(), *gates.aliases()]
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._all()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-def _taus(text: str) -> list[float]:
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,5,10, got {text!r}") from None
-    if not values or any(not (v > 0 and v < float("inf")) for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be finite and > 0, got {text!r}")
-    return values
+def _add_param_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("gate parameters (validated by the registry: `softgate gates list`)")
+    group.add_argument("--param", action=_Param, metavar="KEY=VALUE",
+                       help="set a gate parameter, e.g. --param nu=8 or a user gate's own (repeatable)")
+    for flag in _PARAM_FLAGS:
+        group.add_argument(flag, action=_Param, type=float, metavar="X",
+                           help=f"same as --param {flag[2:].replace('-', '_')}=X")
+    for flag, keys in _PAIR_FLAGS.items():
+        group.add_argument(flag, action=_Param, type=float, metavar="X", help=f"set {' and '.join(keys)} to X")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,30 +75,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "A<0 tau_neg): 1 f is C^1, 2 f'(1) = 1 is the global max, 3 f' decreases away from 1, "
                     "4 x f'(x) -> 0. Prints a table; exit 0 if all pass, 1 if one fails, 2 on bad arguments.",
     )
-    p_check.add_argument("name", metavar="NAME", choices=_GateNames(), help="gate family, one of: %(choices)s")
-    p_check.add_argument("--tau-pos", type=float, help="temperature where A > 0 (temperature families)")
-    p_check.add_argument("--tau-neg", type=float, help="temperature where A <= 0 (temperature families)")
-    p_check.add_argument("--tau", type=float, help="set tau_pos and tau_neg to the same value")
-    p_check.add_argument("--eps", type=float, help="clip: eps_low = eps_high = EPS")
-    p_check.add_argument("--eps-low", type=float, help="clip: trust region starts at 1 - eps_low")
-    p_check.add_argument("--eps-high", type=float, help="clip: trust region ends at 1 + eps_high (DAPO clip-higher)")
-    p_check.add_argument("--nu", type=float, help="student: tail index (> 0)")
-    p_check.set_defaults(func=run_check)
+    p_check.add_argument("name", metavar="NAME", help="gate family or alias (`softgate gates list` shows them)")
+    _add_param_options(p_check)
+    p_check.set_defaults(func=run_check, params=[])
 
     p_plot = actions.add_parser(
         "plot", help="draw f, f' and x f'(x) side by side for several temperatures",
         description="Draw the paper's gate figure: f, f' and x f'(x) over x in [0, X_MAX], one line per gate and "
-                    "temperature (tau_pos = tau_neg = tau), on the A > 0 branch unless --negative.",
+                    "temperature (tau_pos = tau_neg = tau), on the A > 0 branch unless --negative. Gate "
+                    "parameters apply to every named gate that takes them.",
     )
-    p_plot.add_argument("names", nargs="+", metavar="NAME", choices=_GateNames(),
-                        help="gate families, from: %(choices)s")
+    p_plot.add_argument("names", nargs="+", metavar="NAME", help="gate families or aliases (`softgate gates list`)")
     p_plot.add_argument("--out", type=Path, required=True, help="output image (.png, .pdf or .svg)")
     p_plot.add_argument("--taus", type=_taus, default=[1.0, 5.0, 10.0],
                         help="comma-separated temperatures (default 1,5,10)")
     p_plot.add_argument("--x-max", type=float, default=3.0, help="right end of the x axis (default 3)")
     p_plot.add_argument("--negative", action="store_true", help="draw the A < 0 branch instead")
-    p_plot.set_defaults(func=run_plot)
+    p_plot.add_argument("--param", action=_Param, metavar="KEY=VALUE",
+                        help="set a gate parameter, e.g. --param nu=8 (repeatable; --taus sets the temperatures)")
+    p_plot.set_defaults(func=run_plot, params=[])
     return parser
+
+
+def _taus(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,5,10, got {text!r}") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite and > 0, got {text!r}")
+    return values
 
 
 def _no_action(parser: argparse.ArgumentParser) -> int:
@@ -97,6 +117,17 @@ def _error(command: str, message: str) -> int:
     return 2
 
 
+def _merge_params(items: list[tuple[str, str, float]]) -> dict[str, float]:
+    """The parameters given on the command line; a key set by two different flags is an error."""
+    params: dict[str, float] = {}
+    source: dict[str, str] = {}
+    for flag, key, value in items:
+        if key in source and source[key] != flag:
+            raise ValueError(f"use either {source[key]} or {flag}, not both (both set {key})")
+        params[key], source[key] = value, flag
+    return params
+
+
 def run_list(args: argparse.Namespace) -> int:
     from softgate import gates
 
@@ -106,11 +137,11 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for name in gates.names():
         cls = gates.gate_class(name)
-        params = ", ".join(f"{k}={v:g}" for k, v in cls.param_defaults.items()) or "-"
+        params = ", ".join(f"{k}={v:g}" for k, v in gates.defaults(name).items()) or "-"
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         rows.append((name, ", ".join(alias_of.get(name, [])) or "-", params, doc))
-    widths = [max(len(r[i]) for r in [("gate", "aliases", "parameters (defaults)", ""), *rows]) for i in range(3)]
     header = ("gate", "aliases", "parameters (defaults)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)))
@@ -118,26 +149,11 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_params(args: argparse.Namespace) -> dict[str, float]:
-    if args.tau is not None and (args.tau_pos is not None or args.tau_neg is not None):
-        raise ValueError("use either --tau or --tau-pos/--tau-neg, not both")
-    if args.eps is not None and (args.eps_low is not None or args.eps_high is not None):
-        raise ValueError("use either --eps or --eps-low/--eps-high, not both")
-    params = {
-        "tau_pos": args.tau if args.tau is not None else args.tau_pos,
-        "tau_neg": args.tau if args.tau is not None else args.tau_neg,
-        "eps_low": args.eps if args.eps is not None else args.eps_low,
-        "eps_high": args.eps if args.eps is not None else args.eps_high,
-        "nu": args.nu,
-    }
-    return {k: v for k, v in params.items() if v is not None}
-
-
 def run_check(args: argparse.Namespace) -> int:
     from softgate import gates
 
     try:
-        gate = gates.make(args.name, **_check_params(args))
+        gate = gates.GateSpec.of(args.name, **_merge_params(args.params)).build()
     except ValueError as err:
         return _error("check", str(err))
     report = gates.check(gate)
@@ -146,12 +162,18 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from softgate import gates
     from softgate.plotting import plot_gates
 
-    if not args.x_max > 0:
+    if not (math.isfinite(args.x_max) and args.x_max > 0):
         return _error("plot", f"--x-max must be > 0, got {args.x_max:g}")
     try:
-        path = plot_gates(args.names, taus=args.taus, out=args.out, x_max=args.x_max,
+        params = _merge_params(args.params)
+        objects = [gates.make_accepted(name, params) for name in args.names]
+        unused = sorted(set(params) - {key for gate in objects for key in gate.params})
+        if unused:
+            raise ValueError(f"no gate among {', '.join(args.names)} takes {', '.join(unused)}")
+        path = plot_gates(objects, taus=args.taus, out=args.out, x_max=args.x_max,
                           advantage=-1.0 if args.negative else 1.0)
     except ValueError as err:
         return _error("plot", str(err))

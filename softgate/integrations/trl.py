@@ -68,13 +68,20 @@ from packaging.version import Version
 from softgate import gates as gates_mod
 from softgate.aggregate import AGG_MODES, AggMode, aggregate
 from softgate.diagnostics import kl_estimate
-from softgate.losses import LEVELS, Level, compute_dtype, level_ratio, policy_loss, safe_log_ratio
+from softgate.integrations.common import reward_functions
+from softgate.losses import (
+    LEVELS,
+    Level,
+    compute_dtype,
+    level_ratio,
+    policy_loss,
+    safe_log_ratio,
+)
 
 __all__ = [
     "SUPPORTED_TRL",
     "SoftGateGRPOConfig",
     "SoftGateGRPOTrainer",
-    "build_gate",
     "check_trl_version",
     "reward_functions",
     "trl_loss_type",
@@ -101,30 +108,16 @@ def check_trl_version(version: str | None = None) -> None:
 check_trl_version()
 
 
-def build_gate(
-    name: str,
-    *,
-    tau_pos: float,
-    tau_neg: float,
-    eps_low: float,
-    eps_high: float,
-    extra: dict[str, float] | None = None,
-) -> gates_mod.Gate:
-    """The softgate gate ``name``; each value is passed only if the family accepts it (``param_defaults``):
-    temperature families take ``tau_pos`` / ``tau_neg``, ``clip`` takes ``eps_low`` / ``eps_high``, ``identity``
-    nothing. ``extra`` is passed on as given (e.g. the student gate's ``nu``); an unknown key is an error."""
-    given = {"tau_pos": tau_pos, "tau_neg": tau_neg, "eps_low": eps_low, "eps_high": eps_high}
-    return gates_mod.make_accepted(name, given, dict(extra or {}))
-
-
 @dataclasses.dataclass
 class SoftGateGRPOConfig(GRPOConfig):
     """TRL's ``GRPOConfig`` plus the softgate loss options (``softgate_*``).
 
-    The gate temperatures live in one place: ``softgate_tau_pos`` / ``softgate_tau_neg`` when set, else TRL's
-    ``sapo_temperature_pos`` / ``sapo_temperature_neg``; after construction both pairs hold the same values. The
-    ``clip`` gate uses TRL's ``epsilon`` / ``epsilon_high``. ``loss_type`` is derived from the softgate settings
-    (:func:`trl_loss_type`); a value passed for it is replaced.
+    Gate parameters come from the registry (``softgate.gates.defaults``: temperatures 10 / 12) unless given:
+    ``softgate_tau_pos`` / ``softgate_tau_neg``, or TRL's ``sapo_temperature_pos`` / ``sapo_temperature_neg``
+    when changed from TRL's defaults, or ``softgate_gate_params`` (which wins); the ``clip`` gate takes TRL's
+    ``epsilon`` / ``epsilon_high``. After construction both temperature pairs hold the gate's values (SAPO's own
+    1 / 1.05 is ``softgate_tau_pos=1.0, softgate_tau_neg=1.05``). ``loss_type`` is derived from the softgate
+    settings (:func:`trl_loss_type`); a value passed for it is replaced.
     """
 
     softgate_gate: str = dataclasses.field(
@@ -133,15 +126,18 @@ class SoftGateGRPOConfig(GRPOConfig):
     )
     softgate_tau_pos: float | None = dataclasses.field(
         default=None,
-        metadata={"help": "Gate temperature for tokens with A > 0. None: TRL's `sapo_temperature_pos`."},
+        metadata={"help": "Gate temperature for tokens with A > 0. None: TRL's `sapo_temperature_pos` if changed "
+                          "from TRL's default, else the gate's default (10)."},
     )
     softgate_tau_neg: float | None = dataclasses.field(
         default=None,
-        metadata={"help": "Gate temperature for tokens with A <= 0. None: TRL's `sapo_temperature_neg`."},
+        metadata={"help": "Gate temperature for tokens with A <= 0. None: TRL's `sapo_temperature_neg` if changed "
+                          "from TRL's default, else the gate's default (12)."},
     )
     softgate_gate_params: dict[str, Any] | str | None = dataclasses.field(
         default=None,
-        metadata={"help": "Further gate parameters as a dict or JSON string, e.g. '{\"nu\": 3}' (student gate)."},
+        metadata={"help": "Gate parameters as a dict or JSON string, e.g. '{\"nu\": 3}' (student gate); they win "
+                          "over the fields above."},
     )
     softgate_level: str | None = dataclasses.field(
         default=None,
@@ -169,12 +165,12 @@ class SoftGateGRPOConfig(GRPOConfig):
             except json.JSONDecodeError as err:
                 raise ValueError(f"softgate_gate_params: not valid JSON ({err}): {self.softgate_gate_params!r}")
         self.softgate_gate_params = dict(self.softgate_gate_params or {})
-        if self.softgate_tau_pos is None:
-            self.softgate_tau_pos = float(self.sapo_temperature_pos)
-        if self.softgate_tau_neg is None:
-            self.softgate_tau_neg = float(self.sapo_temperature_neg)
-        # One value under both names, so the saved config cannot disagree with itself.
-        self.sapo_temperature_pos, self.sapo_temperature_neg = self.softgate_tau_pos, self.softgate_tau_neg
+        trl_defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+        for ours, theirs in [("softgate_tau_pos", "sapo_temperature_pos"),
+                             ("softgate_tau_neg", "sapo_temperature_neg")]:
+            # TRL's SAPO field, when the user changed it, means the same thing as ours.
+            if getattr(self, ours) is None and getattr(self, theirs) != trl_defaults[theirs]:
+                setattr(self, ours, float(getattr(self, theirs)))
         if self.softgate_level is None:
             self.softgate_level = self.importance_sampling_level
         if self.softgate_level not in LEVELS:
@@ -193,63 +189,21 @@ class SoftGateGRPOConfig(GRPOConfig):
         self.loss_type = trl_loss_type(self.softgate_gate, self.softgate_agg)
         # Build the gate once here so that a bad temperature fails at configuration time, naming the field.
         try:
-            self.softgate_gate_object()
+            temperatures = self.softgate_gate_object().temperatures
         except (TypeError, ValueError) as err:
             raise ValueError(f"softgate_gate={self.softgate_gate!r} with softgate_tau_pos={self.softgate_tau_pos}, "
                              f"softgate_tau_neg={self.softgate_tau_neg}, softgate_gate_params="
                              f"{self.softgate_gate_params}: {err}") from err
+        if temperatures is not None:
+            # One value under both names, so that the saved config cannot disagree with itself.
+            self.softgate_tau_pos, self.softgate_tau_neg = temperatures
+            self.sapo_temperature_pos, self.sapo_temperature_neg = temperatures
 
     def softgate_gate_object(self) -> gates_mod.Gate:
-        """The configured gate."""
-        return build_gate(
-            self.softgate_gate,
-            tau_pos=self.softgate_tau_pos,
-            tau_neg=self.softgate_tau_neg,
-            eps_low=self.epsilon,
-            eps_high=self.epsilon if self.epsilon_high is None else self.epsilon_high,
-            extra=self.softgate_gate_params,
-        )
-
-
-def _completion_text(completion: Any) -> str:
-    """TRL passes plain strings, or for conversational data a list of messages ending with the assistant's."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        content = completion[-1].get("content", "")
-        if isinstance(content, list):  # multimodal content parts
-            return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        return str(content)
-    raise TypeError(f"unexpected completion type {type(completion).__name__}: expected str or list of messages")
-
-
-def reward_functions(
-    *,
-    reference_column: str = "answer",
-    extract: str | tuple[str, ...] = "answer",
-    symbolic: bool = True,
-) -> list[Any]:
-    """softgate's two rewards as TRL reward functions: ``[format_reward, answer_reward]``.
-
-    Pass them as ``reward_funcs`` (TRL sums them, as the paper does: reward = answer + format) and TRL logs
-    ``rewards/format_reward/mean`` and ``rewards/answer_reward/mean``. ``answer_reward`` reads the reference
-    answers from the dataset column ``reference_column``; ``extract`` and ``symbolic`` are those of
-    :func:`softgate.rewards.answer_rewards`.
-    """
-    from softgate import rewards
-
-    def format_reward(completions: list[Any], **_: Any) -> list[float]:
-        return rewards.format_rewards([_completion_text(c) for c in completions])
-
-    def answer_reward(completions: list[Any], **kwargs: Any) -> list[float]:
-        if reference_column not in kwargs:
-            raise KeyError(f"answer_reward needs the dataset column {reference_column!r} with the reference answers; "
-                           f"columns seen: {sorted(k for k in kwargs if not k.startswith('completion'))}")
-        references = [str(r) for r in kwargs[reference_column]]
-        return rewards.answer_rewards([_completion_text(c) for c in completions], references,
-                                      extract=extract, symbolic=symbolic)
-
-    return [format_reward, answer_reward]
+        """The configured gate: each field passed only if the family takes it, unset ones from the registry."""
+        host = {"tau_pos": self.softgate_tau_pos, "tau_neg": self.softgate_tau_neg, "eps_low": self.epsilon,
+                "eps_high": self.epsilon if self.epsilon_high is None else self.epsilon_high}
+        return gates_mod.make_accepted(self.softgate_gate, host, self.softgate_gate_params)
 
 
 def trl_loss_type(gate: str, agg: AggMode) -> str:

@@ -5,9 +5,11 @@ Importing this module registers one verl policy loss per softgate gate, named ``
 is built from :func:`softgate.gates.names`, so a gate registered before the import gets its loss too). Select one
 with ``actor_rollout_ref.actor.policy_loss.loss_mode=softgate_erf``.
 
-Where the parameters come from (verl's actor config, one home each):
+Where the parameters come from (verl's actor config, one home each; a field the config lacks takes the registry's
+default, ``softgate.gates.defaults``):
 
-- temperatures: ``actor_rollout_ref.actor.tau_pos`` / ``tau_neg``, the fields verl's own ``sapo`` loss reads;
+- temperatures: ``actor_rollout_ref.actor.tau_pos`` / ``tau_neg``, the fields verl's own ``sapo`` loss reads (verl's
+  actor config defaults them to SAPO's 1.0 / 1.05: set them, e.g. to the paper's best 10 / 12);
 - the ``clip`` gate's trust region: ``actor.clip_ratio_low`` / ``clip_ratio_high`` (``clip_ratio`` when unset);
 - aggregation: ``actor.loss_agg_mode``, honoured (unlike verl's ``sapo``, which always uses seq-mean-token-mean);
 - optional extras (ratio level, other gate parameters such as the student gate's ``nu``, the log-ratio clamp):
@@ -77,6 +79,7 @@ if verl.__version__ not in SUPPORTED_VERL_VERSIONS:
 
 from softgate import gates as gates_mod
 from softgate.aggregate import AggMode
+from softgate.integrations.common import compute_score
 from softgate.losses import LEVELS, Level, compute_dtype, policy_loss
 
 __all__ = [
@@ -84,7 +87,6 @@ __all__ = [
     "LOSS_PREFIX",
     "SUPPORTED_VERL_VERSIONS",
     "SoftGatePolicyLossConfig",
-    "build_gate",
     "compute_score",
     "loss_name",
     "make_policy_loss",
@@ -117,7 +119,8 @@ class SoftGatePolicyLossConfig(PolicyLossConfig):
     softgate_level: str = "token"
     """Importance ratio fed to the gate: ``token`` (the paper), ``sequence`` (GSPO) or ``sequence-token``."""
     softgate_gate_params: dict = dataclasses.field(default_factory=dict)
-    """Further gate parameters passed to ``softgate.gates.make`` (e.g. ``{nu: 3.0}`` for the student gate)."""
+    """Gate parameters passed to ``softgate.gates.make`` (e.g. ``{nu: 3.0}`` for the student gate, or a user gate's
+    own); they win over the actor fields."""
     softgate_log_ratio_bound: float = 20.0
     """|log r| is clamped to this before exp (verl's own losses use 20 as well)."""
     softgate_soft_clip_threshold: float = 0.5
@@ -146,25 +149,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     else:
         value = getattr(cfg, key, default)
     return default if value is None else value
-
-
-def build_gate(
-    name: str,
-    *,
-    tau_pos: float,
-    tau_neg: float,
-    eps_low: float,
-    eps_high: float,
-    extra: Mapping[str, float] | None = None,
-) -> gates_mod.Gate:
-    """The softgate gate ``name`` with the parameters it takes from verl's actor config.
-
-    Each value is passed only if the family accepts it (``param_defaults``): temperature families take
-    ``tau_pos`` / ``tau_neg``, the ``clip`` gate ``eps_low`` / ``eps_high``, ``identity`` nothing. ``extra``
-    (``softgate_gate_params``) is passed on as given, so a parameter the family does not know is an error.
-    """
-    given = {"tau_pos": tau_pos, "tau_neg": tau_neg, "eps_low": eps_low, "eps_high": eps_high}
-    return gates_mod.make_accepted(name, given, dict(extra or {}))
 
 
 def verl_normalizer(
@@ -235,18 +219,15 @@ def make_policy_loss(gate_name: str) -> Callable[..., tuple[Tensor, dict[str, An
             rollout_is_weights: [B, T] or None -> ([], dict of floats)
         """
         if config is None:
-            raise ValueError(f"policy loss {loss_name(gate_name)!r} needs the actor config (tau_pos, tau_neg...)")
+            raise ValueError(f"policy loss {loss_name(gate_name)!r} needs the actor config (verl passes it)")
         loss_cfg = _get(config, "policy_loss")
         level: Level = _get(loss_cfg, "softgate_level", "token")
-        clip_ratio = _get(config, "clip_ratio", 0.2)
-        gate = build_gate(
-            gate_name,
-            tau_pos=_get(config, "tau_pos", 1.0),
-            tau_neg=_get(config, "tau_neg", 1.05),
-            eps_low=_get(config, "clip_ratio_low", clip_ratio),
-            eps_high=_get(config, "clip_ratio_high", clip_ratio),
-            extra=_get(loss_cfg, "softgate_gate_params", {}),
-        )
+        clip_ratio = _get(config, "clip_ratio")
+        # verl's actor fields where the family takes them; a field the config lacks falls to the registry's default.
+        host = {"tau_pos": _get(config, "tau_pos"), "tau_neg": _get(config, "tau_neg"),
+                "eps_low": _get(config, "clip_ratio_low", clip_ratio),
+                "eps_high": _get(config, "clip_ratio_high", clip_ratio)}
+        gate = gates_mod.make_accepted(gate_name, host, _get(loss_cfg, "softgate_gate_params", {}))
         mask_BT = response_mask.bool()
         agg, z = verl_normalizer(loss_agg_mode, mask_BT, _get(config, "global_batch_info", {}))
 
@@ -335,27 +316,6 @@ def register_all() -> list[str]:
         register_policy_loss(name)(fn)
         registered.append(name)
     return registered
-
-
-def compute_score(
-    data_source: str,
-    solution_str: str,
-    ground_truth: str,
-    extra_info: dict[str, Any] | None = None,
-) -> dict[str, float]:
-    """softgate's reward for verl's reward manager: answer reward + format reward (the paper's sum).
-
-    Use with ``reward.custom_reward_function.path=<this file>`` and ``reward.custom_reward_function.name=
-    compute_score``. Returns ``{"score": answer + format, "answer": .., "format": ..}``; verl uses ``score`` as the
-    reward and logs the other keys. ``extra_info["symbolic"] = False`` restricts grading to the exact/numeric fast
-    path (integer answers such as GSM8K's).
-    """
-    from softgate import rewards
-
-    symbolic = bool((extra_info or {}).get("symbolic", True))
-    fmt = rewards.format_reward(solution_str)
-    ans = rewards.answer_reward(solution_str, str(ground_truth), symbolic=symbolic)
-    return {"score": ans + fmt, "answer": ans, "format": fmt}
 
 
 REGISTERED: list[str] = register_all()
