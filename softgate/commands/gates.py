@@ -163,7 +163,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_plot(args: argparse.Namespace) -> int:
     from softgate import gates
-    from softgate.plotting import plot_gates
+    from softgate.plots import plot_gates
 
     if not (math.isfinite(args.x_max) and args.x_max > 0):
         return _error("plot", f"--x-max must be > 0, got {args.x_max:g}")
