@@ -134,11 +134,13 @@ class CountingGate:
         return self.gate.df(ratio, adv)
 
 
+@pytest.mark.parametrize("agg, penalties", [("token-mean", False), ("seq-mean-token-sum-norm", True)])
 def test_minibatch_statistics_come_from_the_loss_computation_that_made_the_gradient(tiny_random_model, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, agg, penalties):
     """One minibatch of 8 sequences in 4 micro-batches: the gate's f' is evaluated once per micro-batch and the
     statistics (with their quantile sort) once per minibatch, and they equal the statistics of the whole
-    minibatch computed from the same log-probs in one policy_loss call (the old second pass)."""
+    minibatch computed from the same log-probs in one policy_loss call. The logged loss is the optimized one:
+    with the KL and entropy terms, and Dr. GRPO's constant length max_new_tokens (not the padded length)."""
     import softgate.diagnostics
     import softgate.train
     from softgate.forward import completion_logprobs
@@ -155,9 +157,11 @@ def test_minibatch_statistics_come_from_the_loss_computation_that_made_the_gradi
         logp, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask,
                                       rollout.completion_mask.shape[1])
     old_logp = logp + 0.3 * torch.randn_like(logp)
+    ref_logp = logp + 0.2 * torch.randn_like(logp) if penalties else None
     adv = torch.randn(8)
+    coefs = ["loss.kl_coef=0.1", "loss.entropy_coef=0.01"] if penalties else []
     cfg = small_config(tiny_random_model, tmp_path, "algo.minibatches=1", "algo.micro_batch_size=2",
-                       "loss.agg=token-mean")
+                       f"loss.agg={agg}", *coefs)
     seen, sorts = [], []
 
     def recording_logprobs(*args, **kwargs):
@@ -174,14 +178,17 @@ def test_minibatch_statistics_come_from_the_loss_computation_that_made_the_gradi
     monkeypatch.setattr(softgate.diagnostics, "masked_quantiles", counting_quantiles)
     gate = CountingGate(make_gate(cfg))
     idx = torch.arange(8)
-    stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=None, adv=adv, gate=gate, cfg=cfg)
+    stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=ref_logp, adv=adv, gate=gate,
+                                cfg=cfg)
     assert len(seen) == 4 and gate.df_calls == 4 and len(sorts) == 1
     monkeypatch.undo()
 
     new_logp, entropy = (torch.cat(parts) for parts in zip(*seen))
-    _, whole = policy_loss(new_logp, old_logp, adv, rollout.completion_mask, make_gate(cfg), agg="token-mean",
-                           group_ids=rollout.group_ids, entropy=entropy)
-    assert set(stats) == set(whole)
+    _, whole = policy_loss(new_logp, old_logp, adv, rollout.completion_mask, make_gate(cfg), agg=agg,
+                           norm_len=cfg.rollout.max_new_tokens, group_ids=rollout.group_ids, entropy=entropy,
+                           ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef, entropy_coef=cfg.loss.entropy_coef)
+    assert set(stats) == set(whole) and ({"kl_loss", "entropy_loss"} <= set(stats)) == penalties
+    assert rollout.completion_mask.shape[1] < cfg.rollout.max_new_tokens  # the padded length differs
     assert 0.0 < stats["eur"] < 1.0  # off-policy: the gate acts
     # Equal up to float32 rounding: the losses are sums over micro-batches, and vectorized kernels may round the
     # last bit of an element differently with the tensor's length.
