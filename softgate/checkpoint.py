@@ -18,6 +18,7 @@ import torch
 
 from softgate.rundir import RunDir
 
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
 

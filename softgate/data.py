@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from softgate.config import ConfigError, TaskConfig
 from softgate.tasks import Examples, Task, get_task
 from softgate.tasks.mix import mix
 
 # The synthetic task's held-out split is fixed; this many problems are drawn for it.
 SYNTHETIC_TEST_SIZE = 500
+
+
+@dataclass
+class TrainingData:
+    """Everything the trainer reads from the data, loaded once.
+
+    Fields:
+        task:    the configured task (it grades held-out problems)
+        train:   training examples; ``graders[i]`` grades ``train[i]`` (mixed data holds several tasks)
+        test:    held-out examples (the first ``eval.size`` of the test split)
+        graders: one task per training example
+        prompts: one rendered prompt per training example
+    """
+
+    task: Task
+    train: Examples
+    test: list
+    graders: list[Task]
+    prompts: list[str]
+
+
+def load_training_data(cfg: TaskConfig, tokenizer, *, seed: int, eval_size: int) -> TrainingData:
+    """The training and held-out examples of ``cfg``, with the training prompts rendered and their length checked
+    against ``cfg.max_prompt_tokens`` (``eval_size`` 0 keeps the whole test split)."""
+    task = load_task(cfg)
+    train = load_examples(task, cfg, "train", seed=seed)
+    if len(train) == 0:
+        raise ConfigError("task: the training split is empty")
+    test = load_examples(task, cfg, "test")
+    graders = [task_of(e, task) for e in train]
+    prompts = [t.render_prompt(e, tokenizer) for t, e in zip(graders, train)]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    for length, example in zip(lengths, train):
+        if length > cfg.max_prompt_tokens:
+            raise ConfigError(f"task.max_prompt_tokens: prompt of example {example.id!r} has {length} tokens "
+                              f"(> {cfg.max_prompt_tokens}); raise task.max_prompt_tokens or shorten the data")
+    return TrainingData(task, train, test[:eval_size] if eval_size else test, graders, prompts)
 
 
 def load_task(cfg: TaskConfig) -> Task:
@@ -30,10 +69,6 @@ def load_examples(task: Task, cfg: TaskConfig, split: str, *, seed: int = 0) -> 
                           f"hf:owner/name)")
     limit = cfg.train_size if split == "train" and cfg.train_size > 0 else None
     return task.load(source, limit=limit, **_hub_split(source, split))
-
-
-def render_prompts(task: Task, examples, tokenizer) -> list[str]:
-    return [task.render_prompt(example, tokenizer) for example in examples]
 
 
 def _load_mix(cfg: TaskConfig, seed: int) -> Examples:

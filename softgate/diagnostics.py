@@ -13,11 +13,15 @@ KL estimators (Schulman, "Approximating KL Divergence", 2020). With samples ``x 
 
 In softgate: ``approx_kl`` uses samples from pi_old and ``log_ratio = logp - old_logp`` (KL(pi_old || pi_theta));
 the reference penalty uses ``log_ratio = ref_logp - logp`` (KL(pi_theta || pi_ref), as in GRPO).
+
+:class:`LossTerms` is what a loss computation (``softgate.losses``) leaves for its statistics; :func:`loss_stats`
+reduces it, once per minibatch in the trainer, to the figures every loss reports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,6 +33,7 @@ from softgate.choices import KL_ESTIMATORS, KLEstimator
 __all__ = [
     "KL_ESTIMATORS",
     "KLEstimator",
+    "LossTerms",
     "eur",
     "group_ids",
     "hard_clip_frac",
@@ -36,6 +41,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "loss_stats",
     "masked_max",
     "masked_min",
     "masked_quantiles",
@@ -189,3 +195,114 @@ def kl_estimate(log_ratio: Tensor, estimator: KLEstimator = "k3") -> Tensor:
         case "k3":
             return kl_k3(log_ratio)
     raise ValueError(f"unknown KL estimator {estimator!r}; known estimators: {', '.join(KL_ESTIMATORS)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The statistics of a loss computation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_group_ids(batch_size: int, ids: Tensor | None, size: int | None, device: torch.device) -> Tensor:
+    """Group labels for EUR: explicit ids, else consecutive groups of ``size``, else one group per row."""
+    if ids is not None and size is not None:
+        raise ValueError("pass either group_ids or group_size, not both")
+    if ids is not None:
+        if ids.shape != (batch_size,):
+            raise ValueError(f"group_ids must have shape [B]=({batch_size},), got {tuple(ids.shape)}")
+        return ids.to(device)
+    if size is not None:
+        return group_ids(batch_size, size, device=device)
+    return torch.arange(batch_size, device=device)
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """What one loss computation leaves for its statistics: per-token tensors, detached, and the loss terms.
+
+    Fields (B rows, T tokens):
+        mask:      [B, T] bool, the tokens that count
+        ratio:     [B, T] the ratio fed to the gate (token, sequence or sequence-token level)
+        log_ratio: [B, T] the token log-ratio ``logp - old_logp``, 0 at masked positions, clamped
+        df:        [B, T] the gate derivative f'(r) (CISPO: its equivalent ``clip(r) / r``)
+        clamped:   [] valid tokens whose log-ratio exceeded the bound
+        losses:    ``loss``, ``pg_loss`` (+ ``kl_loss``, ``entropy_loss``), [] each: this call's share of the total
+        kl_ref:    [B, T] per-token KL(pi_theta || pi_ref) estimate, when ``ref_logp`` was given
+        entropy:   [B, T] per-token entropy, when ``entropy`` was given
+        clipped:   [B, T] bool, CISPO only: the importance weight was clipped
+    """
+
+    mask: Tensor
+    ratio: Tensor
+    log_ratio: Tensor
+    df: Tensor
+    clamped: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    kl_ref: Tensor | None = None
+    entropy: Tensor | None = None
+    clipped: Tensor | None = None
+
+    @staticmethod
+    def cat(parts: Sequence[LossTerms]) -> LossTerms:
+        """The terms of a batch from those of its micro-batches (same T): rows joined in order, counts and loss
+        terms summed (each micro-batch loss used the whole batch's normalizer, so the sum is the batch's loss)."""
+        if not parts:
+            raise ValueError("LossTerms.cat needs at least one part")
+
+        def rows(name: str) -> Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        return LossTerms(
+            mask=rows("mask"), ratio=rows("ratio"), log_ratio=rows("log_ratio"), df=rows("df"),
+            clamped=torch.stack([p.clamped for p in parts]).sum(),
+            losses={k: torch.stack([p.losses[k] for p in parts]).sum() for k in parts[0].losses},
+            kl_ref=rows("kl_ref"), entropy=rows("entropy"), clipped=rows("clipped"),
+        )
+
+
+def _masked_stat_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid positions, NaN when there is none (a statistic, unlike masked_mean's 0 for losses)."""
+    count = mask.sum()
+    mean = masked_sum(x, mask) / count.clamp_min(1).to(x.dtype)
+    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+@torch.no_grad()
+def loss_stats(
+    terms: LossTerms,
+    *,
+    group_ids: Tensor | None = None,
+    group_size: int | None = None,
+    soft_clip_threshold: float = 0.5,
+) -> dict[str, Tensor]:
+    """The statistics of ``softgate.losses.policy_loss`` (its "Returns" lists them) from the terms of one or more
+    loss calls.
+
+    ``group_ids`` / ``group_size`` say which rows form a group for EUR (as in ``policy_loss``): the rows must
+    hold whole groups. Shapes: ``terms`` of B rows, group_ids [B] -> dict of []
+    """
+    mask, ratio = terms.mask, terms.ratio
+    groups_B = _resolve_group_ids(mask.shape[0], group_ids, group_size, mask.device)
+    p05, p50, p95 = masked_quantiles(ratio, mask, (0.05, 0.5, 0.95)).unbind(0)
+    stats = {
+        "eur": eur(terms.df, mask, groups_B),
+        "soft_clip_frac": soft_clip_frac(terms.df, mask, soft_clip_threshold),
+        "hard_clip_frac": hard_clip_frac(terms.df, mask),
+        "ratio_mean": _masked_stat_mean(ratio, mask),
+        "ratio_min": masked_min(ratio, mask),
+        "ratio_max": masked_max(ratio, mask),
+        "ratio_p05": p05,
+        "ratio_p50": p50,
+        "ratio_p95": p95,
+        # KL(pi_old || pi_theta) from pi_old's samples: log_ratio = logp - old_logp (Schulman's k3).
+        "approx_kl": _masked_stat_mean(kl_k3(terms.log_ratio), mask),
+        "clamped": terms.clamped,
+        "tokens": mask.sum().to(ratio.dtype),
+    }
+    if terms.clipped is not None:
+        stats["is_clip_frac"] = _masked_stat_mean(terms.clipped.to(ratio.dtype), mask)
+    if terms.kl_ref is not None:
+        stats["kl_ref"] = _masked_stat_mean(terms.kl_ref, mask)
+    if terms.entropy is not None:
+        stats["entropy"] = _masked_stat_mean(terms.entropy, mask)
+    return {**stats, **terms.losses}

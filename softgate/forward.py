@@ -27,33 +27,38 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
     ``group_ids`` marks rows whose prompt part is identical (the G samples of one prompt): with it the prompt is
     computed once per group. Rows with equal ids must have equal prompt ids and prompt mask.
 
+    The logits go to :mod:`softgate.logprobs` as the model returned them (e.g. bf16) together with the
+    temperature: it upcasts and scales them chunk by chunk, so no float32 or scaled copy of the [N, T, V] logits
+    is ever made.
+
     Shapes:
         input_ids, attention_mask: [N, P + T]; group_ids: [N] or None
         returns logp [N, T] (float32, or float64 for a float64 model) and entropy [N, T] or None
     """
     T = completion_len
     if group_ids is None:
-        logits = _full_pass_logits(model, input_ids, attention_mask, T)
+        pieces = [_full_pass_logits(model, input_ids, attention_mask, T)]
     else:
-        logits = _shared_prompt_logits(model, input_ids, attention_mask, T, group_ids)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # log-softmax in float32 at least
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, -T:]  # [N, T]
+        pieces = _shared_prompt_logits(model, input_ids, attention_mask, T, group_ids)
+    targets = input_ids[:, -T:].split([piece.shape[1] for piece in pieces], dim=1)  # [N, t] per piece
     if with_entropy:
-        return logprobs_and_entropy(logits, targets)
-    return token_logprobs(logits, targets), None
+        scored = [logprobs_and_entropy(piece, ids, temperature=temperature) for piece, ids in zip(pieces, targets)]
+        return torch.cat([lp for lp, _ in scored], dim=1), torch.cat([ent for _, ent in scored], dim=1)
+    return torch.cat([token_logprobs(piece, ids, temperature=temperature) for piece, ids in zip(pieces, targets)],
+                     dim=1), None
 
 
 def _full_pass_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1, use_cache=False)
     # logits[:, t] predicts token t + 1: the T + 1 kept positions end one past the last completion token.
-    return out.logits[:, -(T + 1):-1, :]  # [N, T, V]
+    return out.logits[:, -(T + 1):-1, :]  # [N, T, V], a view
 
 
-def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int, group_ids: Tensor) -> Tensor:
+def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int,
+                          group_ids: Tensor) -> list[Tensor]:
+    """The completion logits in two pieces, [N, 1, V] (from the prompt pass) and [N, T - 1, V], left apart so
+    that they are never concatenated into one more [N, T, V] copy."""
     from transformers import DynamicCache
 
     P = input_ids.shape[1] - T
@@ -69,8 +74,8 @@ def _shared_prompt_logits(model, input_ids: Tensor, attention_mask: Tensor, T: i
                    position_ids=positions[first_row, :P], use_cache=True, logits_to_keep=1, **cache_arg)
     first_logits = prompt.logits[row_to_group, -1:, :]  # [N, 1, V]: predicts completion token 0
     if T == 1:
-        return first_logits
+        return [first_logits]
     cache.batch_select_indices(row_to_group)  # differentiable indexing: the G rows share the prompt's K/V
     rest = model(input_ids=input_ids[:, P:P + T - 1], attention_mask=attention_mask[:, :P + T - 1],
                  position_ids=positions[:, P:P + T - 1], use_cache=True, **cache_arg)
-    return torch.cat([first_logits, rest.logits], dim=1)  # [N, T, V]
+    return [first_logits, rest.logits]  # [N, 1, V] and [N, T - 1, V]

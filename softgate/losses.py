@@ -25,34 +25,31 @@ Numerical safety (the same in every loss here):
    (the gate would give it (almost) none anyway) and is counted in ``stats["clamped"]``;
 4. all-masked rows contribute 0; an empty batch gives a zero loss that is still attached to the graph.
 
+One computation, two uses. :func:`policy_loss_terms` returns the loss and a :class:`LossTerms`: the per-token
+tensors the statistics are made of (ratio, f'(r), log-ratio, mask, ...), detached, and the loss terms. Under
+gradient accumulation the trainer joins the micro-batches' terms with :meth:`LossTerms.cat` and reduces them once
+with :func:`loss_stats`: the statistics come from the very tensors that produced the gradient, with no second pass
+(EUR needs whole groups, which a minibatch holds). :func:`policy_loss` is both steps in one call.
+
 Statistics (``stats``, all 0-dim detached tensors in the compute dtype; no ``.item()``): see
 :func:`policy_loss`. Keys carry no prefix; the trainer namespaces them (``gate/eur``, ``policy/approx_kl``...).
-Diagnostics (EUR, fractions, ratio stats, ``approx_kl``, ``kl_ref``, ``entropy``) describe this call's tokens;
-loss terms (``loss``, ``pg_loss``, ``kl_loss``, ``entropy_loss``) are this call's contribution to the total and so
-add up over micro-batches when a whole-batch normalizer is passed. Undefined statistics (no valid token) are NaN.
+Diagnostics (EUR, fractions, ratio stats, ``approx_kl``, ``kl_ref``, ``entropy``) describe the tokens reduced;
+loss terms (``loss``, ``pg_loss``, ``kl_loss``, ``entropy_loss``) add up over micro-batches when a whole-batch
+normalizer is passed (``LossTerms.cat`` sums them). Undefined statistics (no valid token) are NaN.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from softgate.aggregate import AGG_MODES, AggMode, aggregate, masked_mean, masked_sum
-from softgate.diagnostics import (
-    KL_ESTIMATORS,
-    KLEstimator,
-    eur,
-    group_ids as make_group_ids,
-    hard_clip_frac,
-    kl_estimate,
-    kl_k3,
-    masked_max,
-    masked_min,
-    masked_quantiles,
-    soft_clip_frac,
-)
+from softgate.aggregate import AGG_MODES, AggMode, aggregate, masked_mean
+from softgate.diagnostics import KL_ESTIMATORS, KLEstimator, LossTerms, kl_estimate, loss_stats
 
 from softgate.choices import LEVELS, Level
 
@@ -60,10 +57,14 @@ __all__ = [
     "LEVELS",
     "GateLike",
     "Level",
+    "LossOptions",
+    "LossTerms",
     "cispo_loss",
     "compute_dtype",
     "level_ratio",
+    "loss_stats",
     "policy_loss",
+    "policy_loss_terms",
     "safe_log_ratio",
 ]
 
@@ -178,113 +179,114 @@ def _check_inputs(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str, agg:
         raise ValueError(f"unknown aggregation mode {agg!r}; known modes: {', '.join(AGG_MODES)}")
 
 
-def _resolve_group_ids(
-    batch_size: int, group_ids: Tensor | None, group_size: int | None, device: torch.device
-) -> Tensor:
-    """Group labels for EUR: explicit ids, else consecutive groups of ``group_size``, else one group per row."""
-    if group_ids is not None and group_size is not None:
-        raise ValueError("pass either group_ids or group_size, not both")
-    if group_ids is not None:
-        if group_ids.shape != (batch_size,):
-            raise ValueError(f"group_ids must have shape [B]=({batch_size},), got {tuple(group_ids.shape)}")
-        return group_ids.to(device)
-    if group_size is not None:
-        return make_group_ids(batch_size, group_size, device=device)
-    return torch.arange(batch_size, device=device)
+@dataclass(frozen=True)
+class LossOptions:
+    """The scalar settings of a loss, apart from the tensors, the gate and the normalizer (see :func:`policy_loss`
+    for each). The trainer builds one from its config and passes it to every micro-batch."""
+
+    level: Level = "token"
+    agg: AggMode = "seq-mean-token-mean"
+    norm_len: int | None = None
+    log_ratio_bound: float = 20.0
+    kl_coef: float = 0.0
+    kl_estimator: KLEstimator = "k3"
+    entropy_coef: float = 0.0
 
 
-def _penalties(
-    logp: Tensor,
-    mask: Tensor,
-    *,
-    dtype: torch.dtype,
-    agg: AggMode,
-    normalizer: float | Tensor | None,
-    norm_len: int | None,
-    log_ratio_bound: float,
-    ref_logp: Tensor | None,
-    kl_coef: float,
-    kl_estimator: KLEstimator,
-    entropy: Tensor | None,
-    entropy_coef: float,
-) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """Optional KL-to-reference penalty and entropy bonus, aggregated like the policy term.
+# --------------------------------------------------------------------------------------------------------------
+# Losses: one core, two per-token objectives
+# --------------------------------------------------------------------------------------------------------------
 
-    Returns ``(extra_loss or None, stats)``. The KL uses ``log_ratio = ref_logp - logp`` (KL(pi_theta || pi_ref)
-    from samples of the current policy, as in GRPO), masked and clamped like the policy log-ratio.
+
+class _Objective(NamedTuple):
+    """A loss's per-token part, as the shared core needs it (all [B, T])."""
+
+    objective: Tensor  # J_{i,t}, differentiable: the loss is -agg(J)
+    ratio: Tensor  # the ratio the statistics describe, detached
+    df: Tensor  # f'(r) or its equivalent, detached
+    clipped: Tensor | None = None  # CISPO: weights that were clipped
+
+
+def _gated_objective(gate: GateLike, logp_BT: Tensor, log_ratio_BT: Tensor, mask_BT: Tensor, adv: Tensor,
+                     level: Level) -> _Objective:
+    """The paper's ``J = f(r, A) * A``, whose gradient is f'(r) * A * dr = f'(r) * r * A * dlogp.
+
+    f and f' are each evaluated once, without autograd, and combined so that the value is f(r) and the gradient
+    w.r.t. r is exactly f'(r) (the term f' * (r - sg(r)) is 0 in value): autograd through f would evaluate f'
+    again in its backward, and the stats need f' anyway. First derivatives only (no create_graph).
     """
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kl_estimator!r}; known estimators: {', '.join(KL_ESTIMATORS)}")
-    if kl_coef != 0.0 and ref_logp is None:
-        raise ValueError(f"kl_coef={kl_coef} needs ref_logp (the reference policy's token log-probs)")
-    if entropy_coef != 0.0 and entropy is None:
-        raise ValueError(f"entropy_coef={entropy_coef} needs entropy (per-token entropies [B, T])")
-    extra: Tensor | None = None
-    stats: dict[str, Tensor] = {}
-    if ref_logp is not None:
-        if ref_logp.shape != logp.shape:
-            raise ValueError(f"ref_logp has shape {tuple(ref_logp.shape)}, logp has {tuple(logp.shape)}")
-        ref_log_ratio_BT, _ = safe_log_ratio(ref_logp, logp, mask, bound=log_ratio_bound, dtype=dtype)
-        kl_BT = kl_estimate(ref_log_ratio_BT, kl_estimator)
-        with torch.no_grad():
-            stats["kl_ref"] = _masked_stat_mean(kl_BT.detach(), mask)
-        if kl_coef != 0.0:
-            kl_loss = kl_coef * aggregate(kl_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
-            stats["kl_loss"] = kl_loss.detach()
-            extra = kl_loss
-    if entropy is not None:
-        if entropy.shape != logp.shape:
-            raise ValueError(f"entropy has shape {tuple(entropy.shape)}, logp has {tuple(logp.shape)}")
-        entropy_BT = entropy.to(dtype)
-        with torch.no_grad():
-            stats["entropy"] = _masked_stat_mean(entropy_BT.detach(), mask)
-        if entropy_coef != 0.0:
-            # A bonus: maximizing entropy lowers the loss.
-            entropy_loss = -entropy_coef * aggregate(entropy_BT, mask, agg, normalizer=normalizer,
-                                                     norm_len=norm_len)
-            stats["entropy_loss"] = entropy_loss.detach()
-            extra = entropy_loss if extra is None else extra + entropy_loss
-    return extra, stats
+    ratio_BT = level_ratio(log_ratio_BT, mask_BT, level)
+    with torch.no_grad():
+        ratio_value_BT = ratio_BT.detach()
+        f_BT = gate.f(ratio_value_BT, adv)
+        df_BT = gate.df(ratio_value_BT, adv)
+    return _Objective((f_BT + df_BT * (ratio_BT - ratio_value_BT)) * adv, ratio_value_BT, df_BT)
 
 
-def _masked_stat_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over valid positions, NaN when there is none (a statistic, unlike masked_mean's 0 for losses)."""
-    count = mask.sum()
-    mean = masked_sum(x, mask) / count.clamp_min(1).to(x.dtype)
-    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+def _cispo_objective(eps_low: float, eps_high: float, logp_BT: Tensor, log_ratio_BT: Tensor, mask_BT: Tensor,
+                     adv: Tensor, level: Level) -> _Objective:
+    """CISPO's ``J = sg(clip(r)) * A * logp``; its equivalent gate derivative is ``clip(r) / r``."""
+    # The weight is stop-gradient; sequence and sequence-token levels give the same detached value s_i.
+    ratio_BT = level_ratio(log_ratio_BT.detach(), mask_BT, "token" if level == "token" else "sequence")
+    weight_BT = ratio_BT.clamp(1.0 - eps_low, 1.0 + eps_high)
+    zero = torch.zeros((), dtype=log_ratio_BT.dtype, device=logp_BT.device)
+    logp_BT = torch.where(mask_BT, logp_BT.to(log_ratio_BT.dtype), zero)  # masked NaN/inf never enter the product
+    return _Objective(weight_BT * adv * logp_BT, ratio_BT, weight_BT / ratio_BT, weight_BT != ratio_BT)
 
 
-@torch.no_grad()
-def _ratio_stats(ratio_BT: Tensor, log_ratio_BT: Tensor, mask_BT: Tensor, clamped: Tensor) -> dict[str, Tensor]:
-    """Ratio summary over valid tokens, ``approx_kl`` (k3 of the token log-ratio), clamp count, token count."""
-    ratio_BT = ratio_BT.detach()
-    p05, p50, p95 = masked_quantiles(ratio_BT, mask_BT, (0.05, 0.5, 0.95)).unbind(0)
-    return {
-        "ratio_mean": _masked_stat_mean(ratio_BT, mask_BT),
-        "ratio_min": masked_min(ratio_BT, mask_BT),
-        "ratio_max": masked_max(ratio_BT, mask_BT),
-        "ratio_p05": p05,
-        "ratio_p50": p50,
-        "ratio_p95": p95,
-        # KL(pi_old || pi_theta) from pi_old's samples: log_ratio = logp - old_logp (Schulman's k3).
-        "approx_kl": _masked_stat_mean(kl_k3(log_ratio_BT.detach()), mask_BT),
-        "clamped": clamped,
-        "tokens": mask_BT.sum().to(ratio_BT.dtype),
-    }
+def _loss_terms(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    objective: Callable[..., _Objective],
+    options: LossOptions,
+    *,
+    normalizer: float | Tensor | None,
+    ref_logp: Tensor | None,
+    entropy: Tensor | None,
+) -> tuple[Tensor, LossTerms]:
+    """The core both losses share: safe log-ratio, advantages, ``-agg(J)``, penalties, and the terms."""
+    _check_inputs(logp, old_logp, mask, options.level, options.agg)
+    dtype = compute_dtype(logp, old_logp)
+    log_ratio_BT, clamped = safe_log_ratio(logp, old_logp, mask, bound=options.log_ratio_bound, dtype=dtype)
+    adv = _advantages(advantages, mask, options.level, dtype)  # [B, 1] or [B, T]
+    per_token = objective(logp, log_ratio_BT, mask, adv, options.level)
+    pg_loss = aggregate(-per_token.objective, mask, options.agg, normalizer=normalizer, norm_len=options.norm_len)
+    extra, penalty_losses, kl_BT, entropy_BT = _penalties(logp, mask, options, dtype=dtype, normalizer=normalizer,
+                                                          ref_logp=ref_logp, entropy=entropy)
+    loss = pg_loss if extra is None else pg_loss + extra
+    terms = LossTerms(
+        mask=mask, ratio=per_token.ratio, log_ratio=log_ratio_BT.detach(), df=per_token.df, clamped=clamped,
+        losses={**penalty_losses, "pg_loss": pg_loss.detach(), "loss": loss.detach()},
+        kl_ref=kl_BT, entropy=entropy_BT, clipped=per_token.clipped,
+    )
+    return loss, terms
 
 
-@torch.no_grad()
-def _gate_stats(df_BT: Tensor, mask_BT: Tensor, group_ids_B: Tensor, soft_clip_threshold: float) -> dict[str, Tensor]:
-    return {
-        "eur": eur(df_BT, mask_BT, group_ids_B),
-        "soft_clip_frac": soft_clip_frac(df_BT, mask_BT, soft_clip_threshold),
-        "hard_clip_frac": hard_clip_frac(df_BT, mask_BT),
-    }
+def policy_loss_terms(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    gate: GateLike,
+    options: LossOptions = LossOptions(),
+    *,
+    normalizer: float | Tensor | None = None,
+    ref_logp: Tensor | None = None,
+    entropy: Tensor | None = None,
+) -> tuple[Tensor, LossTerms]:
+    """The gated loss of :func:`policy_loss` and its :class:`LossTerms`, without reducing them to statistics.
 
+    For gradient accumulation: call it per micro-batch (with the whole batch's ``normalizer``), backward each
+    loss, then ``loss_stats(LossTerms.cat(parts), ...)`` once. Arguments as in :func:`policy_loss`.
 
-# --------------------------------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------------------------------
+    Shapes:
+        logp, old_logp: [B, T] float; advantages: [B] or [B, T]; mask: [B, T] bool; ref_logp, entropy: [B, T]
+        -> ([], LossTerms of [B, T])
+    """
+    return _loss_terms(logp, old_logp, advantages, mask, partial(_gated_objective, gate), options,
+                       normalizer=normalizer, ref_logp=ref_logp, entropy=entropy)
 
 
 def policy_loss(
@@ -343,61 +345,20 @@ def policy_loss(
         logp, old_logp: [B, T] float; advantages: [B] or [B, T]; mask: [B, T] bool;
         group_ids: [B] int; ref_logp, entropy: [B, T] -> ([], dict of [])
     """
-    _check_inputs(logp, old_logp, mask, level, agg)
-    dtype = compute_dtype(logp, old_logp)
-    log_ratio_BT, clamped = safe_log_ratio(logp, old_logp, mask, bound=log_ratio_bound, dtype=dtype)
-    ratio_BT = level_ratio(log_ratio_BT, mask, level)
-    adv = _advantages(advantages, mask, level, dtype)  # [B, 1] or [B, T]
-
-    # The paper's per-token surrogate J = f(r, A) * A, whose gradient is f'(r) * A * dr = f'(r) * r * A * dlogp.
-    # f and f' are each evaluated once, without autograd, and combined so that the value is f(r) and the
-    # gradient w.r.t. r is exactly f'(r) (the term f' * (r - sg(r)) is 0 in value): autograd through f would
-    # evaluate f' again in its backward, and the stats need f' anyway. First derivatives only (no create_graph).
-    with torch.no_grad():
-        ratio_value_BT = ratio_BT.detach()
-        f_BT = gate.f(ratio_value_BT, adv)
-        df_BT = gate.df(ratio_value_BT, adv)
-    surrogate_BT = (f_BT + df_BT * (ratio_BT - ratio_value_BT)) * adv
-    pg_loss = aggregate(-surrogate_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
-
-    extra, penalty_stats = _penalties(
-        logp, mask, dtype=dtype, agg=agg, normalizer=normalizer, norm_len=norm_len,
-        log_ratio_bound=log_ratio_bound, ref_logp=ref_logp, kl_coef=kl_coef, kl_estimator=kl_estimator,
-        entropy=entropy, entropy_coef=entropy_coef,
-    )
-    loss = pg_loss if extra is None else pg_loss + extra
-
-    with torch.no_grad():
-        groups_B = _resolve_group_ids(logp.shape[0], group_ids, group_size, logp.device)
-        stats = _gate_stats(df_BT, mask, groups_B, soft_clip_threshold)
-        stats.update(_ratio_stats(ratio_BT, log_ratio_BT, mask, clamped))
-        stats.update(penalty_stats)
-        stats["pg_loss"] = pg_loss.detach()
-        stats["loss"] = loss.detach()
-    return loss, stats
+    options = LossOptions(level, agg, norm_len, log_ratio_bound, kl_coef, kl_estimator, entropy_coef)
+    loss, terms = policy_loss_terms(logp, old_logp, advantages, mask, gate, options, normalizer=normalizer,
+                                    ref_logp=ref_logp, entropy=entropy)
+    return loss, loss_stats(terms, group_ids=group_ids, group_size=group_size,
+                            soft_clip_threshold=soft_clip_threshold)
 
 
 def cispo_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    eps_low: float = 1.0,
-    eps_high: float = 0.28,
-    level: Level = "token",
-    agg: AggMode = "seq-mean-token-mean",
-    normalizer: float | Tensor | None = None,
-    norm_len: int | None = None,
-    group_ids: Tensor | None = None,
-    group_size: int | None = None,
-    log_ratio_bound: float = 20.0,
-    ref_logp: Tensor | None = None,
-    kl_coef: float = 0.0,
-    kl_estimator: KLEstimator = "k3",
-    entropy: Tensor | None = None,
-    entropy_coef: float = 0.0,
-    soft_clip_threshold: float = 0.5,
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, eps_low: float = 1.0,
+    eps_high: float = 0.28, level: Level = "token", agg: AggMode = "seq-mean-token-mean",
+    normalizer: float | Tensor | None = None, norm_len: int | None = None, group_ids: Tensor | None = None,
+    group_size: int | None = None, log_ratio_bound: float = 20.0, ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0, kl_estimator: KLEstimator = "k3", entropy: Tensor | None = None,
+    entropy_coef: float = 0.0, soft_clip_threshold: float = 0.5,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO (MiniMax-M1, arXiv 2506.13585): per token ``-sg(clip(r, 1 - eps_low, 1 + eps_high)) * A * logp``.
 
@@ -416,34 +377,59 @@ def cispo_loss(
     Shapes:
         logp, old_logp: [B, T] float; advantages: [B] or [B, T]; mask: [B, T] bool -> ([], dict of [])
     """
-    _check_inputs(logp, old_logp, mask, level, agg)
     if not 0.0 <= eps_low <= 1.0 or eps_high < 0.0:
         raise ValueError(f"CISPO needs 0 <= eps_low <= 1 and eps_high >= 0, got eps_low={eps_low}, "
                          f"eps_high={eps_high}")
-    dtype = compute_dtype(logp, old_logp)
-    log_ratio_BT, clamped = safe_log_ratio(logp, old_logp, mask, bound=log_ratio_bound, dtype=dtype)
-    # The weight is stop-gradient; sequence and sequence-token levels give the same detached value s_i.
-    ratio_BT = level_ratio(log_ratio_BT.detach(), mask, "token" if level == "token" else "sequence")
-    adv = _advantages(advantages, mask, level, dtype)  # [B, 1] or [B, T]
-    weight_BT = ratio_BT.clamp(1.0 - eps_low, 1.0 + eps_high)
-    zero = torch.zeros((), dtype=dtype, device=logp.device)
-    logp_BT = torch.where(mask, logp.to(dtype), zero)  # masked NaN/inf never enter the product
-    pg_loss = aggregate(-(weight_BT * adv) * logp_BT, mask, agg, normalizer=normalizer, norm_len=norm_len)
+    options = LossOptions(level, agg, norm_len, log_ratio_bound, kl_coef, kl_estimator, entropy_coef)
+    loss, terms = _loss_terms(logp, old_logp, advantages, mask, partial(_cispo_objective, eps_low, eps_high),
+                              options, normalizer=normalizer, ref_logp=ref_logp, entropy=entropy)
+    return loss, loss_stats(terms, group_ids=group_ids, group_size=group_size,
+                            soft_clip_threshold=soft_clip_threshold)
 
-    extra, penalty_stats = _penalties(
-        logp, mask, dtype=dtype, agg=agg, normalizer=normalizer, norm_len=norm_len,
-        log_ratio_bound=log_ratio_bound, ref_logp=ref_logp, kl_coef=kl_coef, kl_estimator=kl_estimator,
-        entropy=entropy, entropy_coef=entropy_coef,
-    )
-    loss = pg_loss if extra is None else pg_loss + extra
 
-    with torch.no_grad():
-        df_eff_BT = weight_BT / ratio_BT
-        groups_B = _resolve_group_ids(logp.shape[0], group_ids, group_size, logp.device)
-        stats = _gate_stats(df_eff_BT, mask, groups_B, soft_clip_threshold)
-        stats["is_clip_frac"] = _masked_stat_mean((weight_BT != ratio_BT).to(dtype), mask)
-        stats.update(_ratio_stats(ratio_BT, log_ratio_BT, mask, clamped))
-        stats.update(penalty_stats)
-        stats["pg_loss"] = pg_loss.detach()
-        stats["loss"] = loss.detach()
-    return loss, stats
+def _penalties(
+    logp: Tensor,
+    mask: Tensor,
+    options: LossOptions,
+    *,
+    dtype: torch.dtype,
+    normalizer: float | Tensor | None,
+    ref_logp: Tensor | None,
+    entropy: Tensor | None,
+) -> tuple[Tensor | None, dict[str, Tensor], Tensor | None, Tensor | None]:
+    """Optional KL-to-reference penalty and entropy bonus, aggregated like the policy term.
+
+    Returns ``(extra_loss or None, detached loss terms, kl_BT or None, entropy_BT or None)``. The KL uses
+    ``log_ratio = ref_logp - logp`` (KL(pi_theta || pi_ref) from samples of the current policy, as in GRPO),
+    masked and clamped like the policy log-ratio.
+    """
+    o = options
+    if o.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {o.kl_estimator!r}; known estimators: {', '.join(KL_ESTIMATORS)}")
+    if o.kl_coef != 0.0 and ref_logp is None:
+        raise ValueError(f"kl_coef={o.kl_coef} needs ref_logp (the reference policy's token log-probs)")
+    if o.entropy_coef != 0.0 and entropy is None:
+        raise ValueError(f"entropy_coef={o.entropy_coef} needs entropy (per-token entropies [B, T])")
+    extra: Tensor | None = None
+    losses: dict[str, Tensor] = {}
+    kl_BT = entropy_BT = None
+    if ref_logp is not None:
+        if ref_logp.shape != logp.shape:
+            raise ValueError(f"ref_logp has shape {tuple(ref_logp.shape)}, logp has {tuple(logp.shape)}")
+        ref_log_ratio_BT, _ = safe_log_ratio(ref_logp, logp, mask, bound=o.log_ratio_bound, dtype=dtype)
+        kl_BT = kl_estimate(ref_log_ratio_BT, o.kl_estimator)
+        if o.kl_coef != 0.0:
+            extra = o.kl_coef * aggregate(kl_BT, mask, o.agg, normalizer=normalizer, norm_len=o.norm_len)
+            losses["kl_loss"] = extra.detach()
+    if entropy is not None:
+        if entropy.shape != logp.shape:
+            raise ValueError(f"entropy has shape {tuple(entropy.shape)}, logp has {tuple(logp.shape)}")
+        entropy_BT = entropy.to(dtype)
+        if o.entropy_coef != 0.0:
+            # A bonus: maximizing entropy lowers the loss.
+            entropy_loss = -o.entropy_coef * aggregate(entropy_BT, mask, o.agg, normalizer=normalizer,
+                                                       norm_len=o.norm_len)
+            losses["entropy_loss"] = entropy_loss.detach()
+            extra = entropy_loss if extra is None else extra + entropy_loss
+    return (extra, losses, None if kl_BT is None else kl_BT.detach(),
+            None if entropy_BT is None else entropy_BT.detach())

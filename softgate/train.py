@@ -3,13 +3,13 @@
 
     setup -> [resume] -> eval at start -> for each RL step:
         rollout -> rewards -> advantages -> old log-probs ->
-        for each pass, for each minibatch: micro-batches (forward, gated loss, backward) -> clip -> step -> log
-        -> [EUR controller] -> [eval] -> [checkpoint]
+        update phase (for each pass, for each minibatch: micro-batches (forward, gated loss, backward) -> clip ->
+        step -> [EUR controller]) -> logging phase -> [eval] -> [checkpoint]
     -> final eval, checkpoint, summary, plots
 
-The gate only acts when r = pi / pi_old differs from 1: on the second and later minibatches of a pass, and on every
-minibatch of the second and later passes. With one pass and one minibatch every update is on-policy and every
-admissible gate is the plain policy gradient (paper, SAPO facts); the trainer warns about it once.
+The gate only acts when r = pi / pi_old differs from 1, i.e. after the first optimizer step made on a rollout.
+With one pass and one minibatch every update is on-policy and every admissible gate is the plain policy gradient
+(paper, SAPO facts); the trainer warns about it once.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from softgate import gates
 from softgate.advantages import group_advantages, zero_variance_groups
 from softgate.aggregate import normalizer as batch_normalizer
 from softgate.checkpoint import load_checkpoint, save_checkpoint
-from softgate.config import Config, ConfigError, save_config, to_dict
-from softgate.data import load_examples, load_task, task_of
+from softgate.config import Config, save_config, to_dict
+from softgate.data import TrainingData, load_training_data
+from softgate.diagnostics import LossTerms, loss_stats
 from softgate.evaluation import evaluate_policy
-from softgate.forward import completion_logprobs
 from softgate.grading import Grader, GraderStats
-from softgate.losses import policy_loss
-from softgate.rundir import RunDir, RunInfo, is_on_policy
+from softgate.forward import completion_logprobs
+from softgate.losses import LossOptions, policy_loss_terms
+from softgate.rundir import JsonlWriter, RunDir, RunInfo, is_on_policy
 from softgate.tracking import TrackingSinks
 from softgate.modeling import load_model_and_tokenizer
 from softgate.rollout import Rollout, make_sampler
@@ -47,7 +48,7 @@ from softgate.rollout import Rollout, make_sampler
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
-    """Multiplier of the peak learning rate at optimizer step ``s`` (linear warmup, then the schedule)."""
+    """Multiplier of the peak learning rate at update slot ``s`` (linear warmup, then the schedule)."""
 
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
@@ -129,8 +130,9 @@ def grader_metrics(graded: GraderStats) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float, shared_prompt: bool) -> torch.Tensor:
-    """Log-probs of every completion token under ``model``, in micro-batches. Shape: [N, T]."""
+def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float, shared_prompt: bool) -> torch.Tensor:
+    """Log-probs of every completion token of ``rollout`` under ``model``, in micro-batches: the old log-probs
+    (``model`` = the policy that sampled) or the reference log-probs (``model`` = the reference). Shape: [N, T]."""
     T = rollout.completion_mask.shape[1]
     out = []
     for i in range(0, rollout.input_ids.shape[0], micro):
@@ -142,43 +144,136 @@ def reference_logprobs(model, rollout: Rollout, micro: int, temperature: float, 
     return torch.cat(out)
 
 
+@dataclass
+class RolloutBatch:
+    """What the updates of one RL step read. N = prompts x G sequences, T = completion length.
+
+    Fields:
+        rollout:  the sampled sequences
+        old_logp: [N, T] log-probs under the policy that sampled them (pi_old)
+        ref_logp: [N, T] log-probs under the reference policy, or None (no KL term)
+        adv:      [N] group advantages
+        keep:     [N] bool, False for the rows of groups dropped for zero reward variance
+    """
+
+    rollout: Rollout
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    adv: torch.Tensor
+    keep: torch.Tensor
+
+
 def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate,
                         cfg: Config) -> dict[str, float]:
-    """Forward/backward over the micro-batches of one minibatch, gradients accumulated (no optimizer step).
+    """Forward/backward over the micro-batches of one minibatch, gradients accumulated (no optimizer step);
+    returns the minibatch's loss statistics.
 
     Every micro-batch loss uses the whole minibatch's normalizer, so the accumulated gradient equals the gradient
-    of the minibatch loss whatever the micro-batch size.
+    of the minibatch loss whatever the micro-batch size. The statistics are reduced once, over the whole minibatch
+    (groups intact, for EUR), from the per-token tensors of the very loss computations that were backpropagated.
     """
     T = rollout.completion_mask.shape[1]
-    mask = rollout.completion_mask[idx]
-    norm = batch_normalizer(mask, cfg.loss.agg, norm_len=cfg.rollout.max_new_tokens)
-    new_logps, entropies = [], []
+    norm = batch_normalizer(rollout.completion_mask[idx], cfg.loss.agg, norm_len=cfg.rollout.max_new_tokens)
+    options = LossOptions(level=cfg.loss.level, agg=cfg.loss.agg, norm_len=cfg.rollout.max_new_tokens,
+                          log_ratio_bound=cfg.loss.log_ratio_bound, kl_coef=cfg.loss.kl_coef,
+                          kl_estimator=cfg.loss.kl_estimator, entropy_coef=cfg.loss.entropy_coef)
+    parts = []
     for chunk in idx.split(cfg.algo.micro_batch_size):
         logp, entropy = completion_logprobs(
             model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
             temperature=cfg.rollout.temperature, with_entropy=True,
             group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
         )
-        loss, _ = policy_loss(
-            logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
-            level=cfg.loss.level, agg=cfg.loss.agg, normalizer=norm, log_ratio_bound=cfg.loss.log_ratio_bound,
-            ref_logp=None if ref_logp is None else ref_logp[chunk], kl_coef=cfg.loss.kl_coef,
-            kl_estimator=cfg.loss.kl_estimator,
-            entropy=entropy if cfg.loss.entropy_coef > 0 else None, entropy_coef=cfg.loss.entropy_coef,
-        )
+        # The entropy is always passed: with entropy_coef = 0 it is only reported, and costs no backward.
+        loss, terms = policy_loss_terms(logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
+                                        options, normalizer=norm, entropy=entropy,
+                                        ref_logp=None if ref_logp is None else ref_logp[chunk])
         loss.backward()
-        new_logps.append(logp.detach())
-        entropies.append(entropy.detach())
-    # Gate diagnostics over the whole minibatch (groups intact), from the log-probs the update used.
-    with torch.no_grad():
-        new_logp = torch.cat(new_logps)
-        entropy = torch.cat(entropies)
-        _, stats = policy_loss(
-            new_logp, old_logp[idx], adv[idx], mask, gate, level=cfg.loss.level, agg=cfg.loss.agg,
-            log_ratio_bound=cfg.loss.log_ratio_bound, group_ids=rollout.group_ids[idx],
-            ref_logp=None if ref_logp is None else ref_logp[idx], entropy=entropy,
-        )
+        parts.append(terms)
+    stats = loss_stats(LossTerms.cat(parts), group_ids=rollout.group_ids[idx])
     return {k: float(v) for k, v in stats.items()}
+
+
+def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: float,
+                 cfg: Config) -> tuple[list[dict[str, Any]], float]:
+    """The updates of one RL step: ``algo.num_iterations`` passes over the batch, each split into
+    ``algo.minibatches`` minibatches of whole groups (the first pass in order, later passes shuffled), one
+    optimizer step per minibatch.
+
+    Each minibatch is one slot of the learning-rate schedule: a minibatch whose groups were all dropped
+    (``algo.drop_zero_variance``) makes no update but still advances the schedule, so that linear and cosine
+    schedules end with the run. An update is on-policy when no optimizer step was made since the rollout was
+    sampled (r = 1 exactly, EUR = 1 whatever the gate): the EUR controller skips those.
+
+    Returns one record per update made, and the EUR controller's temperature scale after them.
+    """
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.num_generations
+    groups = torch.arange(P)
+    records, stepped = [], False
+    for iteration in range(cfg.algo.num_iterations):
+        order = groups[torch.randperm(P)] if iteration > 0 else groups
+        for mb, group_chunk in enumerate(order.split(P // cfg.algo.minibatches)):
+            idx = (group_chunk[:, None] * G + torch.arange(G)).reshape(-1)
+            idx = idx[batch.keep[idx]]
+            if idx.numel() == 0:  # every group here had zero reward variance and was dropped
+                _advance_schedule(scheduler)
+                continue
+            gate = make_gate(cfg, tau_scale)
+            stats = update_on_minibatch(model, batch.rollout, idx, old_logp=batch.old_logp, ref_logp=batch.ref_logp,
+                                        adv=batch.adv, gate=gate, cfg=cfg)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            on_policy = not stepped  # no optimizer step yet on this rollout: pi = pi_old
+            stepped = True
+            if cfg.algo.eur_target is not None and not on_policy:
+                tau_scale = eur_controller_step(tau_scale, stats["eur"], cfg.algo.eur_target, cfg.algo.eur_rate)
+            records.append(_update_record(stats, gate, float(grad_norm), lr, iteration, mb, on_policy))
+    return records, tau_scale
+
+
+def _advance_schedule(scheduler) -> None:
+    """Step the LR schedule over a minibatch that makes no update."""
+    with warnings.catch_warnings():
+        # torch warns when a run's first scheduler step comes before any optimizer step; here that is the rule.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()
+
+
+def _update_record(stats: dict[str, float], gate, grad_norm: float, lr: float, iteration: int, mb: int,
+                   on_policy: bool) -> dict[str, Any]:
+    record = {f"gate/{k}": stats[k] for k in ("eur", "soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_min",
+                                              "ratio_max", "ratio_p05", "ratio_p50", "ratio_p95", "clamped")}
+    record.update({
+        "gate/tau_pos": gate.params.get("tau_pos", float("nan")),
+        "gate/tau_neg": gate.params.get("tau_neg", float("nan")),
+        "policy/entropy": stats["entropy"], "policy/approx_kl": stats["approx_kl"], "policy/loss": stats["loss"],
+        "policy/grad_norm": grad_norm, "policy/lr": lr, "policy/on_policy": on_policy,
+        "policy/iteration": iteration, "policy/minibatch": mb,
+    })
+    if "kl_ref" in stats:
+        record["policy/kl_ref"] = stats["kl_ref"]
+    return record
+
+
+def log_phase(log: JsonlWriter, sinks: TrackingSinks, bar, step: int, records: list[dict[str, Any]],
+              rollout_figures: dict[str, float], timing: dict[str, float], updates_per_step: int) -> None:
+    """One metrics line per update of RL step ``step`` (rollout figures and timing repeated, gate figures per
+    update), and the progress bar's figures."""
+    first_update = step * updates_per_step
+    for k, rec in enumerate(records):
+        line = {"step": first_update + k + 1, "rl_step": step + 1, **rollout_figures, **rec, **timing,
+                "time": time.time()}
+        log.write(line)
+        sinks.log(line, line["step"])
+    last = records[-1] if records else {}
+    bar.set_postfix(reward=f"{rollout_figures['reward/total']:.2f}", acc=f"{rollout_figures['train/accuracy']:.2f}",
+                    fmt=f"{rollout_figures['train/format_rate']:.2f}",
+                    eur=f"{last.get('gate/eur', float('nan')):.3f}",
+                    ent=f"{last.get('policy/entropy', float('nan')):.2f}")
 
 
 def rollout_metrics(rewards: dict[str, torch.Tensor], rollout: Rollout) -> dict[str, float]:
@@ -193,6 +288,25 @@ def rollout_metrics(rewards: dict[str, torch.Tensor], rollout: Rollout) -> dict[
         "response/length_max": lengths.max().item(),
         "response/truncated_frac": rollout.truncated.float().mean().item(),
     }
+
+
+def step_timing(t0: float, t_gen: float, t_logp: float, t_train: float, tokens: int) -> dict[str, float]:
+    return {"time/generate": t_gen - t0, "time/logprobs": t_logp - t_gen, "time/train": t_train - t_logp,
+            "time/step": t_train - t0, "perf/tokens_per_s": tokens / (t_train - t0)}
+
+
+def run_eval(model, tokenizer, data: TrainingData, cfg: Config, step: int, eval_log: JsonlWriter,
+             sinks: TrackingSinks, grader: Grader) -> dict[str, Any]:
+    """Held-out evaluation after RL step ``step``, written to eval.jsonl and the trackers."""
+    result = evaluate_policy(model, tokenizer, data.task, data.test, temperature=cfg.eval.temperature,
+                             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
+    first_update = step * cfg.algo.num_iterations * cfg.algo.minibatches
+    record = {"rl_step": step, "step": first_update, "eval/task": data.task.name,
+              **{f"eval/{k}": v for k, v in result.summary.items()}}
+    eval_log.write(record)
+    sinks.log(record, first_update)
+    return record
 
 
 def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **extra: Any) -> None:
@@ -211,12 +325,8 @@ class TrainResult:
 # The loop.
 
 
-def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Run RL as configured. ``resume`` continues from the newest checkpoint in ``cfg.output_dir``.
-
-    ``stop_after`` ends the process-level loop after that many RL steps of this call (used to simulate a killed
-    run in tests); the run then stays "running" and can be resumed.
-    """
+def train(cfg: Config, *, resume: bool = False) -> TrainResult:
+    """Run RL as configured. ``resume`` continues from the newest checkpoint in ``cfg.output_dir``."""
     run_dir = Path(cfg.output_dir)
     if not resume and RunDir(run_dir).metrics_jsonl.exists():
         raise FileExistsError(f"{run_dir} already holds a run (metrics.jsonl); pass --resume to continue it or "
@@ -232,34 +342,22 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             "(num_iterations > 1) or split them into minibatches for the gate to act.", stacklevel=2)
 
     # --- model, data, optimizer ---
-    dtype = cfg.model.dtype
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=cfg.model.dtype)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    ref_model = None
-    if cfg.loss.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    task = load_task(cfg.task)
-    train_examples = load_examples(task, cfg.task, "train", seed=cfg.seed)
-    test_examples = load_examples(task, cfg.task, "test")
-    if cfg.eval.size:
-        test_examples = test_examples[: cfg.eval.size]
-    if len(train_examples) == 0:
-        raise ConfigError("task: the training split is empty")
-    example_tasks = [task_of(e, task) for e in train_examples]
-    prompts = [t.render_prompt(e, tokenizer) for t, e in zip(example_tasks, train_examples)]
-    _check_prompt_lengths(prompts, train_examples, tokenizer, cfg.task.max_prompt_tokens)
-
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+    data = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=cfg.eval.size)
     G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
-    updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches
-    total_updates = cfg.steps * updates_per_step
+    updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
+        optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.steps * updates_per_step))
     sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
     grader = Grader.from_config(cfg.grader)  # its workers stop when train() returns and the grader is collected
+    logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
+                       shared_prompt=cfg.model.shared_prompt_pass)
 
     # --- resume ---
     start_step, tau_scale, cursor = 0, 1.0, 0
@@ -274,158 +372,78 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
             print(f"resume: {moved} metric lines past step {start_step} moved to metrics.orphaned.jsonl")
     else:
         save_config(cfg, run_dir / "config.yaml")
-    stream = PromptStream(len(train_examples), cfg.seed, cursor)
-    log = RunDir(run_dir).metrics_writer()
-    eval_log = RunDir(run_dir).eval_writer()
+    stream = PromptStream(len(data.train), cfg.seed, cursor)
+    log, eval_log = RunDir(run_dir).metrics_writer(), RunDir(run_dir).eval_writer()
     sinks = TrackingSinks(run_dir, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
                           config=to_dict(cfg))
     write_run_json(run_dir, cfg, "running", start_step)
-
-    def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate_policy(model, tokenizer, task, test_examples, temperature=cfg.eval.temperature,
-                                 max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
-        record = {"rl_step": step, "step": step * updates_per_step, "eval/task": task.name,
-                  **{f"eval/{k}": v for k, v in result.summary.items()}}
-        eval_log.write(record)
-        sinks.log(record, step * updates_per_step)
-        return record
-
     if start_step == 0 and cfg.eval.size != 0:
-        run_eval(0)
+        run_eval(model, tokenizer, data, cfg, 0, eval_log, sinks, grader)
 
     # --- the loop ---
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL", unit="step",
                disable=not cfg.log.progress, dynamic_ncols=True)
-    steps_done = 0
+    done = start_step
     try:
         for step in bar:
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(cfg.seed, step))
             batch_idx = stream.take(P)
-            batch_prompts = [prompts[i] for i in batch_idx]
-            references = [train_examples[i].reference for i in batch_idx for _ in range(G)]
 
             # 1. rollout: G completions per prompt from the current policy.
-            rollout = sampler.sample(batch_prompts, G, temperature=cfg.rollout.temperature,
+            rollout = sampler.sample([data.prompts[i] for i in batch_idx], G, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
             t_gen = time.perf_counter()
 
             # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
-            rewards, graded = score([example_tasks[i] for i in batch_idx for _ in range(G)], rollout, references, cfg,
-                                    grader)
+            rewards, graded = score([data.graders[i] for i in batch_idx for _ in range(G)], rollout,
+                                    [data.train[i].reference for i in batch_idx for _ in range(G)], cfg, grader)
             adv = group_advantages(rewards["total"], G, cfg.algo.advantage)
-            keep = torch.ones(len(adv), dtype=torch.bool)
-            if cfg.algo.drop_zero_variance:
-                keep = ~zero_variance_groups(rewards["total"], G)
+            keep = (~zero_variance_groups(rewards["total"], G) if cfg.algo.drop_zero_variance
+                    else torch.ones(len(adv), dtype=torch.bool))
 
             # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
             model.eval()
-            old_logp = reference_logprobs(model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature,
-                                          cfg.model.shared_prompt_pass)
-            ref_logp = (reference_logprobs(ref_model, rollout, cfg.algo.micro_batch_size, cfg.rollout.temperature,
-                                           cfg.model.shared_prompt_pass) if ref_model is not None else None)
+            old_logp = rollout_logprobs(model, rollout, **logprob_args)
+            ref_logp = rollout_logprobs(ref_model, rollout, **logprob_args) if ref_model is not None else None
             model.train()
             t_logp = time.perf_counter()
 
-            # 4. num_iterations passes, each split into minibatches of whole groups: one optimizer step each.
-            base = {**rollout_metrics(rewards, rollout), **grader_metrics(graded)}
-            groups = torch.arange(P)
-            records = []
-            for iteration in range(cfg.algo.num_iterations):
-                order = groups[torch.randperm(P)] if iteration > 0 else groups
-                for mb, group_chunk in enumerate(order.split(P // cfg.algo.minibatches)):
-                    idx = (group_chunk[:, None] * G + torch.arange(G)).reshape(-1)
-                    idx = idx[keep[idx]]
-                    if idx.numel() == 0:
-                        continue  # every group here had zero reward variance and was dropped
-                    gate = make_gate(cfg, tau_scale)
-                    stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=ref_logp,
-                                                adv=adv, gate=gate, cfg=cfg)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    on_policy = iteration == 0 and mb == 0
-                    if cfg.algo.eur_target is not None and not on_policy:
-                        # On-policy updates have EUR = 1 whatever tau: they carry no signal for the controller.
-                        tau_scale = eur_controller_step(tau_scale, stats["eur"], cfg.algo.eur_target,
-                                                        cfg.algo.eur_rate)
-                    records.append(_update_record(stats, gate, float(grad_norm), lr, iteration, mb))
-            t_train = time.perf_counter()
-
-            # 5. log one line per optimizer step (rollout figures repeated, gate figures per update).
-            timing = {"time/generate": t_gen - t0, "time/logprobs": t_logp - t_gen, "time/train": t_train - t_logp,
-                      "time/step": t_train - t0,
-                      "perf/tokens_per_s": float(rollout.completion_lengths.sum()) / (t_train - t0)}
-            first_update = step * updates_per_step
-            for k, rec in enumerate(records):
-                line = {"step": first_update + k + 1, "rl_step": step + 1, **base, **rec, **timing,
-                        "time": time.time()}
-                log.write(line)
-                sinks.log(line, line["step"])
-            last = records[-1] if records else {}
-            bar.set_postfix(reward=f"{base['reward/total']:.2f}", acc=f"{base['train/accuracy']:.2f}",
-                            fmt=f"{base['train/format_rate']:.2f}", eur=f"{last.get('gate/eur', float('nan')):.3f}",
-                            ent=f"{last.get('policy/entropy', float('nan')):.2f}")
+            # 4. update phase, then 5. logging phase: one metrics line per optimizer step.
+            records, tau_scale = update_phase(model, optimizer, scheduler,
+                                              RolloutBatch(rollout, old_logp, ref_logp, adv, keep), tau_scale, cfg)
+            timing = step_timing(t0, t_gen, t_logp, time.perf_counter(), int(rollout.completion_lengths.sum()))
+            log_phase(log, sinks, bar, step, records, {**rollout_metrics(rewards, rollout), **grader_metrics(graded)},
+                      timing, updates_per_step)
 
             done = step + 1
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:
-                run_eval(done)
+                run_eval(model, tokenizer, data, cfg, done, eval_log, sinks, grader)
             if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.steps:
                 save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, optimizer=optimizer,
                                 scheduler=scheduler, state={"tau_scale": tau_scale, "cursor": stream.cursor},
                                 keep=cfg.log.keep_checkpoints)
             write_run_json(run_dir, cfg, "running", done)
-            steps_done += 1
-            if stop_after is not None and steps_done >= stop_after:
-                eval_log.close()
-                sinks.close()
-                return TrainResult(run_dir, {"status": "stopped", "last_step": done})
     except BaseException:
-        write_run_json(run_dir, cfg, "failed", start_step + steps_done)
+        write_run_json(run_dir, cfg, "failed", done)
         raise
     finally:
         bar.close()
         log.close()
 
     # --- the end: final eval, checkpoint, summary, plots ---
-    final_eval = run_eval(cfg.steps) if cfg.eval.size != 0 else {}
+    final_eval = run_eval(model, tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) if cfg.eval.size != 0 else {}
     eval_log.close()
     sinks.close()
     save_checkpoint(run_dir, cfg.steps, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
                     state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
     summary = build_summary(run_dir, cfg)
     RunDir(run_dir).write_summary(summary)
-    from softgate.plots import plot_run
+    from softgate.run_plots import plot_run
 
     plot_run(run_dir)
     write_run_json(run_dir, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
     return TrainResult(run_dir, summary)
-
-
-def _update_record(stats: dict[str, float], gate, grad_norm: float, lr: float, iteration: int, mb: int) -> dict:
-    record = {f"gate/{k}": stats[k] for k in ("eur", "soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_min",
-                                              "ratio_max", "ratio_p05", "ratio_p50", "ratio_p95", "clamped")}
-    record.update({
-        "gate/tau_pos": gate.params.get("tau_pos", float("nan")),
-        "gate/tau_neg": gate.params.get("tau_neg", float("nan")),
-        "policy/entropy": stats["entropy"], "policy/approx_kl": stats["approx_kl"], "policy/loss": stats["loss"],
-        "policy/grad_norm": grad_norm, "policy/lr": lr, "policy/iteration": iteration, "policy/minibatch": mb,
-    })
-    if "kl_ref" in stats:
-        record["policy/kl_ref"] = stats["kl_ref"]
-    return record
-
-
-def _check_prompt_lengths(prompts: list[str], examples, tokenizer, limit: int) -> None:
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    for length, example in zip(lengths, examples):
-        if length > limit:
-            raise ConfigError(f"task.max_prompt_tokens: prompt of example {example.id!r} has {length} tokens "
-                              f"(> {limit}); raise task.max_prompt_tokens or shorten the data")
 
 
 def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:

@@ -1,11 +1,14 @@
-"""The shared-prompt forward pass equals the full pass: log-probs, entropies and parameter gradients."""
+"""The shared-prompt forward pass equals the full pass (log-probs, entropies and parameter gradients), and neither
+copies the [N, T, V] logits."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import softgate.logprobs
 from softgate.forward import completion_logprobs
 from softgate.modeling import load_model_and_tokenizer
-from softgate.rollout import HFSampler
+from softgate.rollout import HFSampler, position_ids_from_mask
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,70 @@ def test_group_ids_must_mark_identical_prompts(model_and_rollout):
                                        group_ids=torch.zeros_like(rollout.group_ids))
     mask = rollout.completion_mask
     assert not torch.allclose(full[mask], wrong[mask], atol=1e-3)
+
+
+class VocabAllocations(TorchDispatchMode):
+    """Records (dtype, numel, storage) of every tensor an op returns (views left out) whose last dimension is the
+    vocabulary: the logits and anything of their size. Some ops re-wrap their input's storage (``_unsafe_view``),
+    so new memory is told apart by the storage, not by the op."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.made = vocab, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[-1] == self.vocab:
+                    self.made.append((t.dtype, t.numel(), t.untyped_storage().data_ptr()))
+        return out
+
+
+@pytest.fixture(scope="module")
+def fresh_model_and_rollout():
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer("embedded:tiny")
+    rollout = HFSampler(model, tokenizer).sample(["Question: Ann has 3 apples.\nAnswer:\n", "Question: Bob?\nAnswer:\n"],
+                                                 3, temperature=1.0, max_new_tokens=10)
+    return model, rollout
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["full-pass", "shared-prompt"])
+def test_low_precision_logits_are_never_upcast_whole(fresh_model_and_rollout, monkeypatch, shared):
+    """bf16 logits go to the chunked log-softmax as they are: neither the forward nor the backward makes a float32
+    tensor of the logits' size (the chunks are 4 rows here, so any whole-size float32 tensor is a copy)."""
+    import copy
+
+    model, rollout = fresh_model_and_rollout
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    V = model.config.vocab_size
+    monkeypatch.setattr(softgate.logprobs, "DEFAULT_CHUNK_ELEMENTS", 4 * V)
+    N, T = rollout.completion_mask.shape
+    with VocabAllocations(V) as seen:
+        logp, entropy = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, temperature=0.7,
+                                            with_entropy=True, group_ids=rollout.group_ids if shared else None)
+        (logp.sum() + entropy.sum()).backward()
+    assert logp.dtype == torch.float32 and entropy.dtype == torch.float32
+    assert any(dtype == torch.bfloat16 and n >= N * (T - 1) * V for dtype, n, _ in seen.made)  # the logits
+    assert [n for dtype, n, _ in seen.made if dtype == torch.float32 and n >= N * T * V // 2] == []
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["full-pass", "shared-prompt"])
+def test_the_forward_pass_makes_no_copy_of_the_logits(fresh_model_and_rollout, monkeypatch, shared):
+    """At temperature != 1 the only whole-size tensor of the forward pass is the model's own logits output (no
+    scaled copy, no concatenation of the shared pass's two pieces); values equal the plain formula."""
+    model, rollout = fresh_model_and_rollout
+    V = model.config.vocab_size
+    monkeypatch.setattr(softgate.logprobs, "DEFAULT_CHUNK_ELEMENTS", 4 * V)
+    N, T = rollout.completion_mask.shape
+    with torch.no_grad(), VocabAllocations(V) as seen:
+        logp, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, temperature=0.7,
+                                      group_ids=rollout.group_ids if shared else None)
+    assert len({ptr for _, n, ptr in seen.made if n >= N * (T - 1) * V}) == 1
+    with torch.no_grad():
+        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                       position_ids=position_ids_from_mask(rollout.attention_mask)).logits[:, -(T + 1):-1]
+    expected = torch.log_softmax(logits / 0.7, -1).gather(-1, rollout.input_ids[:, -T:, None]).squeeze(-1)
+    mask = rollout.completion_mask
+    torch.testing.assert_close(logp[mask], expected[mask], rtol=1e-5, atol=1e-5)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from softgate.aggregate import AGG_MODES, normalizer, token_weights
-from softgate.diagnostics import eur, group_ids
+from softgate.diagnostics import LossTerms, eur, group_ids, loss_stats
 from softgate.gates import make
-from softgate.losses import LEVELS, cispo_loss, policy_loss, safe_log_ratio
+from softgate.losses import LEVELS, LossOptions, cispo_loss, policy_loss, policy_loss_terms, safe_log_ratio
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")
@@ -313,6 +313,27 @@ def test_stats_match_their_definitions() -> None:
     assert explicit["eur"].item() == pytest.approx(stats["eur"].item(), rel=1e-14)
     with pytest.raises(ValueError, match="either group_ids or group_size"):
         policy_loss(logp, old, adv, mask, gate, group_size=3, group_ids=torch.zeros(6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_terms_of_micro_batches_give_the_whole_batch_stats(agg: str, level: str) -> None:
+    """policy_loss_terms per micro-batch, joined with LossTerms.cat and reduced once by loss_stats, gives the
+    statistics of one policy_loss call on the whole batch (EUR over groups split across micro-batches too)."""
+    logp, old, adv, mask = _batch(B=8, T=9, seed=19, spread=0.8)
+    gate, ref, ent = _gate("erf"), logp + 0.2, torch.rand(logp.shape, dtype=F64)
+    options = LossOptions(level=level, agg=agg, norm_len=12, kl_coef=0.05, entropy_coef=0.01)  # type: ignore[arg-type]
+    _, whole = policy_loss(logp, old, adv, mask, gate, level=level, agg=agg, norm_len=12,  # type: ignore[arg-type]
+                           ref_logp=ref, kl_coef=0.05, entropy=ent, entropy_coef=0.01, group_size=4)
+    z = normalizer(mask, agg, norm_len=12)  # type: ignore[arg-type]
+    parts = [policy_loss_terms(logp[a:b], old[a:b], adv[a:b], mask[a:b], gate, options, normalizer=z,
+                               ref_logp=ref[a:b], entropy=ent[a:b])[1] for a, b in [(0, 3), (3, 4), (4, 8)]]
+    joined = loss_stats(LossTerms.cat(parts), group_size=4)
+    assert set(joined) == set(whole) >= {"eur", "kl_ref", "kl_loss", "entropy", "entropy_loss", "loss"}
+    for key, value in whole.items():
+        torch.testing.assert_close(joined[key], value, rtol=1e-12, atol=1e-15, msg=key)
+    with pytest.raises(ValueError, match="at least one part"):
+        LossTerms.cat([])
 
 
 def test_clip_gate_hard_clip_fraction_counts_tokens_outside_the_trust_region() -> None:

@@ -1,5 +1,6 @@
 """The RL loop end to end on a tiny random model: files written, finite metrics, gradient accumulation invariance,
-a killed-and-resumed run equal to an uninterrupted one, and config errors."""
+statistics from the one loss computation, on-policy by fact, a killed-and-resumed run equal to an uninterrupted
+one, and config errors."""
 
 import json
 import math
@@ -59,7 +60,8 @@ def test_end_to_end_writes_everything(tiny_random_model, tmp_path):
     for m in metrics:
         for key, value in m.items():
             assert value is not None and (not isinstance(value, float) or value == value), key
-    # The first minibatch of the first pass is on-policy: r = 1 exactly and EUR = 1.
+    # The first update of each rollout is on-policy (no optimizer step since it was sampled): r = 1 and EUR = 1.
+    assert [m["policy/on_policy"] for m in metrics] == [True, False, False, False] * 3
     assert metrics[0]["gate/ratio_max"] == pytest.approx(1.0, abs=1e-6) and metrics[0]["gate/eur"] == pytest.approx(1.0)
     assert [e["rl_step"] for e in read_jsonl(out / "eval.jsonl")] == [0, 2, 3]
     assert result.summary["eval_end"]["accuracy"] == read_jsonl(out / "eval.jsonl")[-1]["eval/accuracy"]
@@ -116,6 +118,118 @@ def test_gradient_accumulation_gives_the_same_update(tiny_random_model, tmp_path
     assert max(g.abs().max().item() for g in grads[8].values()) > 1e-4  # a real gradient, not zeros
     for name, g in grads[8].items():
         torch.testing.assert_close(grads[2][name], g, rtol=1e-5, atol=1e-7)
+
+
+class CountingGate:
+    """A gate that counts how often its derivative is evaluated."""
+
+    def __init__(self, gate):
+        self.gate, self.name, self.params, self.df_calls = gate, gate.name, gate.params, 0
+
+    def f(self, ratio, adv):
+        return self.gate.f(ratio, adv)
+
+    def df(self, ratio, adv):
+        self.df_calls += 1
+        return self.gate.df(ratio, adv)
+
+
+@pytest.mark.parametrize("agg, penalties", [("token-mean", False), ("seq-mean-token-sum-norm", True)])
+def test_minibatch_statistics_come_from_the_loss_computation_that_made_the_gradient(tiny_random_model, tmp_path,
+                                                                                      monkeypatch, agg, penalties):
+    """One minibatch of 8 sequences in 4 micro-batches: the gate's f' is evaluated once per micro-batch and the
+    statistics (with their quantile sort) once per minibatch, and they equal the statistics of the whole
+    minibatch computed from the same log-probs in one policy_loss call. The logged loss is the optimized one:
+    with the KL and entropy terms, and Dr. GRPO's constant length max_new_tokens (not the padded length)."""
+    import softgate.diagnostics
+    import softgate.train
+    from softgate.forward import completion_logprobs
+    from softgate.losses import policy_loss
+    from softgate.modeling import load_model_and_tokenizer
+    from softgate.rollout import HFSampler
+    from softgate.train import make_gate, update_on_minibatch
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(tiny_random_model)
+    rollout = HFSampler(model, tokenizer).sample(["Question: Ann has 3 apples.\nAnswer:\n"] * 2, 4,
+                                                 temperature=1.0, max_new_tokens=10)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask,
+                                      rollout.completion_mask.shape[1])
+    old_logp = logp + 0.3 * torch.randn_like(logp)
+    ref_logp = logp + 0.2 * torch.randn_like(logp) if penalties else None
+    adv = torch.randn(8)
+    coefs = ["loss.kl_coef=0.1", "loss.entropy_coef=0.01"] if penalties else []
+    cfg = small_config(tiny_random_model, tmp_path, "algo.minibatches=1", "algo.micro_batch_size=2",
+                       f"loss.agg={agg}", *coefs)
+    seen, sorts = [], []
+
+    def recording_logprobs(*args, **kwargs):
+        out = completion_logprobs(*args, **kwargs)
+        seen.append([t.detach() for t in out])
+        return out
+
+    def counting_quantiles(*args, **kwargs):
+        sorts.append(1)
+        return quantiles(*args, **kwargs)
+
+    quantiles = softgate.diagnostics.masked_quantiles
+    monkeypatch.setattr(softgate.train, "completion_logprobs", recording_logprobs)
+    monkeypatch.setattr(softgate.diagnostics, "masked_quantiles", counting_quantiles)
+    gate = CountingGate(make_gate(cfg))
+    idx = torch.arange(8)
+    stats = update_on_minibatch(model, rollout, idx, old_logp=old_logp, ref_logp=ref_logp, adv=adv, gate=gate,
+                                cfg=cfg)
+    assert len(seen) == 4 and gate.df_calls == 4 and len(sorts) == 1
+    monkeypatch.undo()
+
+    new_logp, entropy = (torch.cat(parts) for parts in zip(*seen))
+    _, whole = policy_loss(new_logp, old_logp, adv, rollout.completion_mask, make_gate(cfg), agg=agg,
+                           norm_len=cfg.rollout.max_new_tokens, group_ids=rollout.group_ids, entropy=entropy,
+                           ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef, entropy_coef=cfg.loss.entropy_coef)
+    assert set(stats) == set(whole) and ({"kl_loss", "entropy_loss"} <= set(stats)) == penalties
+    assert rollout.completion_mask.shape[1] < cfg.rollout.max_new_tokens  # the padded length differs
+    assert 0.0 < stats["eur"] < 1.0  # off-policy: the gate acts
+    # Equal up to float32 rounding: the losses are sums over micro-batches, and vectorized kernels may round the
+    # last bit of an element differently with the tensor's length.
+    for key, value in whole.items():
+        assert stats[key] == pytest.approx(float(value), rel=1e-6, abs=1e-9), key
+
+
+def test_a_skipped_minibatch_keeps_the_next_update_on_policy_and_advances_the_schedule(tiny_random_model, tmp_path,
+                                                                                        monkeypatch):
+    """algo.drop_zero_variance drops group 0 of every rollout, so the first minibatch of each rollout is skipped.
+    The next update is still on-policy: flagged so, and the EUR controller does not move on it. Every minibatch,
+    skipped or not, is a slot of the LR schedule, so the linear schedule reaches its end with the run."""
+    import softgate.train
+    from softgate.checkpoint import load_checkpoint
+    from softgate.modeling import load_model_and_tokenizer
+
+    monkeypatch.setattr(softgate.train, "zero_variance_groups", lambda rewards, G: torch.arange(len(rewards)) // G == 0)
+    out = tmp_path / "run"
+    steps, slots = 2, 4  # 2 passes x 2 minibatches per RL step
+    result = train(small_config(tiny_random_model, out, f"steps={steps}", "eval.size=0", "log.save_every=0",
+                                "algo.drop_zero_variance=true", "algo.eur_target=0.5", "algo.eur_rate=1.0",
+                                "optim.schedule=linear", "optim.lr=0.001"))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    # Per rollout: pass 0 skips group 0's minibatch and updates on group 1 (on-policy); pass 1 updates on group 1.
+    assert [(m["policy/iteration"], m["policy/on_policy"]) for m in metrics] == [(0, True), (1, False)] * steps
+    assert all(m["policy/minibatch"] == 1 for m in metrics[::2])
+    for before, after in zip(metrics, metrics[1:]):
+        factor = 1.0 if before["policy/on_policy"] else math.exp(1.0 * (before["gate/eur"] - 0.5))
+        assert after["gate/tau_pos"] == pytest.approx(before["gate/tau_pos"] * factor)
+    assert metrics[0]["gate/tau_pos"] == metrics[1]["gate/tau_pos"] == 10.0  # on-policy EUR = 1 moved nothing
+    # The learning rate of each update is that of its slot: rl_step, pass and minibatch.
+    for m in metrics:
+        slot = (m["rl_step"] - 1) * slots + m["policy/iteration"] * 2 + m["policy/minibatch"]
+        assert m["policy/lr"] == pytest.approx(0.001 * (1 - slot / (steps * slots)))
+    model, _ = load_model_and_tokenizer(tiny_random_model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    load_checkpoint(out / "checkpoints" / f"step_{steps:06d}", model=model, optimizer=optimizer, scheduler=scheduler)
+    assert scheduler.last_epoch == steps * slots  # the schedule ran to its end, skipped slots included
+    off = [m["gate/eur"] for m in metrics if not m["policy/on_policy"]]
+    assert result.summary["eur_mean_off_policy"] == pytest.approx(sum(off) / len(off))
 
 
 def strip(records):
@@ -205,9 +319,8 @@ def test_eur_controller_adapts_logged_temperatures(tiny_random_model, tmp_path):
     taus = [(m["gate/tau_pos"], m["gate/tau_neg"]) for m in metrics]
     assert taus[0] == (10.0, 12.0)
     # The logged tau is the one the update used; each off-policy update then multiplies it by exp(1.0 * (1 - 0.5)).
-    off_policy = [not (m["policy/iteration"] == 0 and m["policy/minibatch"] == 0) for m in metrics]
     for k in range(1, len(metrics)):
-        expected = taus[k - 1][0] * (math.exp(0.5) if off_policy[k - 1] else 1.0)
+        expected = taus[k - 1][0] * (1.0 if metrics[k - 1]["policy/on_policy"] else math.exp(0.5))
         assert taus[k][0] == pytest.approx(expected), k
     assert taus[-1][0] > 10.0 * math.exp(2.0)
     assert all(neg / pos == pytest.approx(1.2) for pos, neg in taus)
@@ -225,8 +338,7 @@ def test_rl_improves_the_warm_start_on_held_out_problems(tmp_path):
     assert end["eval/accuracy"] > start["eval/accuracy"] + 0.15, (start, end)
     assert end["eval/accuracy_ci_low"] > start["eval/accuracy_ci_high"]  # the 95% intervals do not overlap
     assert end["eval/format_rate"] > start["eval/format_rate"]
-    off_policy = [m["gate/eur"] for m in read_jsonl(out / "metrics.jsonl")
-                  if not (m["policy/iteration"] == 0 and m["policy/minibatch"] == 0)]
+    off_policy = [m["gate/eur"] for m in read_jsonl(out / "metrics.jsonl") if not m["policy/on_policy"]]
     assert max(off_policy) < 1.0 and min(off_policy) > 0.5
 
 

@@ -37,8 +37,6 @@ def add_parser(subparsers) -> None:
                    help="override a config key, e.g. --set gate.name=erf --set seed=1 (repeatable)")
     p.add_argument("--output-dir", help="run directory (same as --set output_dir=DIR)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help=argparse.SUPPRESS)  # testing aid: stop after N steps as if killed
     p.set_defaults(func=run)
 
 
@@ -56,7 +54,7 @@ def run(args) -> int:
     from softgate.train import train
 
     try:
-        result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+        result = train(cfg, resume=args.resume)
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"softgate train: {err}", file=sys.stderr)
         return 2
