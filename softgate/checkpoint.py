@@ -20,11 +20,16 @@ from softgate.rundir import RunDir
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # sampling on the GPU draws from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
 
@@ -44,8 +49,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     # RNG states hold numpy arrays and tuples: store them as plain tensors/lists so weights_only loading works.
     rng = rng_state()
-    torch.save({"torch": rng["torch"], "python": _py_state_to_list(rng["python"]),
-                "numpy": _np_state_to_list(rng["numpy"])}, tmp / "rng.pt")
+    torch.save({**rng, "python": _py_state_to_list(rng["python"]), "numpy": _np_state_to_list(rng["numpy"])},
+               tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
@@ -70,11 +75,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    set_rng_state({"torch": rng["torch"], "python": _py_state_from_list(rng["python"]),
-                   "numpy": _np_state_from_list(rng["numpy"])})
+    # map_location: optimizer state follows the parameters' device (load_state_dict casts to it); RNG states are
+    # CPU tensors whatever device saved them.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
+    rng = torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
+    set_rng_state({**rng, "python": _py_state_from_list(rng["python"]), "numpy": _np_state_from_list(rng["numpy"])})
     return json.loads((path / "state.json").read_text())
 
 

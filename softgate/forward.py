@@ -12,6 +12,9 @@ Two exact ways to get the same numbers:
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 from torch import Tensor
 
@@ -36,6 +39,9 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
         returns logp [N, T] (float32, or float64 for a float64 model) and entropy [N, T] or None
     """
     T = completion_len
+    if group_ids is not None and cache_is_dropped(model):
+        _notice_full_pass()
+        group_ids = None
     if group_ids is None:
         pieces = [_full_pass_logits(model, input_ids, attention_mask, T)]
     else:
@@ -46,6 +52,19 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
         return torch.cat([lp for lp, _ in scored], dim=1), torch.cat([ent for _, ent in scored], dim=1)
     return torch.cat([token_logprobs(piece, ids, temperature=temperature) for piece, ids in zip(pieces, targets)],
                      dim=1), None
+
+
+def cache_is_dropped(model) -> bool:
+    """True when transformers will drop the KV cache inside the layers: gradient checkpointing, in train mode, with
+    gradients on. The shared prompt pass would then score completion tokens without their prompt, so the full pass
+    is used instead (exact as well; the prompt is just run once per row)."""
+    return bool(getattr(model, "is_gradient_checkpointing", False) and model.training and torch.is_grad_enabled())
+
+
+@functools.cache
+def _notice_full_pass() -> None:
+    print("softgate: gradient checkpointing keeps no KV cache in training passes; those use the full pass "
+          "(the shared prompt pass still serves the no-grad log-prob passes)", file=sys.stderr)
 
 
 def _full_pass_logits(model, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:

@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from softgate.generation import policy_generate_kwargs, use_clean_generation_config
+
 
 @dataclass
 class Rollout:
@@ -72,7 +74,7 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -
     return mask, truncated
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     if ids is None:
         ids = tokenizer.eos_token_id
@@ -92,9 +94,10 @@ class HFSampler:
     def __init__(self, model, tokenizer, *, batch_size: int | None = None, shared_prompt: bool = True):
         self.model = model
         self.tokenizer = tokenizer
+        use_clean_generation_config(model)  # the checkpoint's penalties etc. would make samples differ from pi_old
         self.batch_size = batch_size  # max sequences per generate call (None = all at once)
         self.shared_prompt = shared_prompt
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @torch.no_grad()
@@ -120,13 +123,9 @@ class HFSampler:
                 input_ids=prompt_ids[start:start + chunk],
                 attention_mask=prompt_mask[start:start + chunk],
                 **prefilled,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_p=top_p if do_sample else None,
-                top_k=0 if do_sample else None,  # the policy's own distribution: no top-k truncation
-                max_new_tokens=max_new_tokens,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id,
+                **policy_generate_kwargs(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                         max_new_tokens=max_new_tokens, eos_token_ids=self.eos_ids,
+                                         pad_token_id=self.pad_id),
             )
             pieces.append(out[:, prompt_ids.shape[1]:])
         self.model.train(was_training)
@@ -134,7 +133,7 @@ class HFSampler:
         completion_ids = torch.cat(
             [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.pad_id) for p in pieces]
         )
-        return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
+        return assemble_rollout(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
                          num_generations)
 
 
@@ -151,7 +150,7 @@ def _prefill_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int)
     return {cache_kwarg(model): cache}
 
 
-def _assemble(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, eos_ids: list[int], pad_id: int,
+def assemble_rollout(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, eos_ids: list[int], pad_id: int,
               tokenizer, num_generations: int) -> Rollout:
     completion_mask, truncated = completion_mask_from_ids(completion_ids, eos_ids)
     completion_ids = completion_ids.masked_fill(~completion_mask, pad_id)
@@ -167,60 +166,12 @@ def _assemble(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, e
     )
 
 
-class VLLMSampler:
-    """Sampling with vLLM (GPU). The policy weights are pushed into the engine before each rollout.
-
-    Needs ``pip install softgate[vllm]`` and a CUDA device; it is not exercised on CPU-only machines.
-    """
-
-    def __init__(self, model, tokenizer, *, gpu_memory_utilization: float = 0.4):
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "rollout.backend='vllm' needs vLLM: pip install 'softgate[vllm]' (GPU only). "
-                "Use rollout.backend=hf on CPU."
-            ) from err
-        self.model = model
-        self.tokenizer = tokenizer
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self._vllm = vllm
-        self.llm = vllm.LLM(model=model.name_or_path, dtype=str(model.dtype).replace("torch.", ""),
-                            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
-
-    def _sync_weights(self) -> None:
-        # Same in-process weight push as TRL's colocated mode.
-        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights(self.model.state_dict().items())
-        self.llm.reset_prefix_cache()
-
-    @torch.no_grad()
-    def sample(self, prompts: list[str], num_generations: int, *, temperature: float, top_p: float = 1.0,
-               max_new_tokens: int = 64) -> Rollout:
-        self._sync_weights()
-        params = self._vllm.SamplingParams(n=num_generations, temperature=temperature, top_p=top_p,
-                                           max_tokens=max_new_tokens, stop_token_ids=self.eos_ids)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        device = next(self.model.parameters()).device
-        prompt_ids = enc["input_ids"].to(device).repeat_interleave(num_generations, 0)
-        prompt_mask = enc["attention_mask"].to(device).repeat_interleave(num_generations, 0)
-        seqs = [list(c.token_ids) for o in outputs for c in o.outputs]
-        width = max(1, max(len(s) for s in seqs))
-        completion_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=device)
-        for i, s in enumerate(seqs):
-            completion_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        return _assemble(prompt_ids, prompt_mask, completion_ids, self.eos_ids, self.pad_id, tok,
-                         num_generations)
-
-
 def make_sampler(backend: str, model, tokenizer, *, shared_prompt: bool = True) -> Sampler:
     match backend:
         case "hf":
             return HFSampler(model, tokenizer, shared_prompt=shared_prompt)
         case "vllm":
+            from softgate.vllm_sampler import VLLMSampler
+
             return VLLMSampler(model, tokenizer)
     raise ValueError(f"rollout.backend: unknown backend {backend!r}; choose 'hf' or 'vllm'")

@@ -15,6 +15,7 @@ With one pass and one minibatch every update is on-policy and every admissible g
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import platform
 import time
@@ -33,14 +34,17 @@ from softgate.aggregate import normalizer as batch_normalizer
 from softgate.checkpoint import load_checkpoint, save_checkpoint
 from softgate.config import Config, save_config, to_dict
 from softgate.data import TrainingData, load_training_data
+from softgate.device import autocast, check_compute_dtype, resolve_device
 from softgate.diagnostics import LossTerms, loss_stats
 from softgate.evaluation import evaluate_policy
 from softgate.grading import Grader, GraderStats
 from softgate.forward import completion_logprobs
 from softgate.losses import LossOptions, policy_loss_terms
 from softgate.rundir import JsonlWriter, RunDir, RunInfo, is_on_policy
+from softgate.threads import apply_threads
 from softgate.tracking import TrackingSinks
-from softgate.modeling import load_model_and_tokenizer
+from softgate.generation import use_clean_generation_config
+from softgate.modeling import disable_dropout, load_model_and_tokenizer
 from softgate.rollout import Rollout, make_sampler
 
 # --------------------------------------------------------------------------------------------------------------
@@ -178,17 +182,19 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
                           log_ratio_bound=cfg.loss.log_ratio_bound, kl_coef=cfg.loss.kl_coef,
                           kl_estimator=cfg.loss.kl_estimator, entropy_coef=cfg.loss.entropy_coef)
     parts = []
+    device = rollout.input_ids.device
     for chunk in idx.split(cfg.algo.micro_batch_size):
-        logp, entropy = completion_logprobs(
-            model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
-            temperature=cfg.rollout.temperature, with_entropy=True,
-            group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
-        )
-        # The entropy is always passed: with entropy_coef = 0 it is only reported, and costs no backward.
-        loss, terms = policy_loss_terms(logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
-                                        options, normalizer=norm, entropy=entropy,
-                                        ref_logp=None if ref_logp is None else ref_logp[chunk])
-        loss.backward()
+        with autocast(device, cfg.model.compute_dtype):  # forward in the compute dtype; log-softmax in float32
+            logp, entropy = completion_logprobs(
+                model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
+                temperature=cfg.rollout.temperature, with_entropy=True,
+                group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
+            )
+            # The entropy is always passed: with entropy_coef = 0 it is only reported, and costs no backward.
+            loss, terms = policy_loss_terms(logp, old_logp[chunk], adv[chunk], rollout.completion_mask[chunk], gate,
+                                            options, normalizer=norm, entropy=entropy,
+                                            ref_logp=None if ref_logp is None else ref_logp[chunk])
+        loss.backward()  # outside autocast, as torch.amp recommends
         parts.append(terms)
     stats = loss_stats(LossTerms.cat(parts), group_ids=rollout.group_ids[idx])
     return {k: float(v) for k, v in stats.items()}
@@ -298,9 +304,10 @@ def step_timing(t0: float, t_gen: float, t_logp: float, t_train: float, tokens: 
 def run_eval(model, tokenizer, data: TrainingData, cfg: Config, step: int, eval_log: JsonlWriter,
              sinks: TrackingSinks, grader: Grader) -> dict[str, Any]:
     """Held-out evaluation after RL step ``step``, written to eval.jsonl and the trackers."""
-    result = evaluate_policy(model, tokenizer, data.task, data.test, temperature=cfg.eval.temperature,
-                             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
+    with autocast(next(model.parameters()).device, cfg.model.compute_dtype):
+        result = evaluate_policy(model, tokenizer, data.task, data.test, temperature=cfg.eval.temperature,
+                                 max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
     first_update = step * cfg.algo.num_iterations * cfg.algo.minibatches
     record = {"rl_step": step, "step": first_update, "eval/task": data.task.name,
               **{f"eval/{k}": v for k, v in result.summary.items()}}
@@ -313,6 +320,26 @@ def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **ex
     RunDir(run_dir).write_info(RunInfo(status=status, gate=cfg.gate.spec().to_dict(), seed=cfg.seed, steps=cfg.steps,
                                        last_step=last_step, task=cfg.task.name, model=cfg.model.name_or_path,
                                        extra=extra))
+
+
+def load_policy(cfg: Config):
+    """The policy to train, on its device, in train mode: float32 master weights unless opted out, no dropout,
+    a generation config that holds only the policy (samples from exactly pi_old), gradient checkpointing if asked.
+    Returns (model, tokenizer, device)."""
+    device = resolve_device(cfg.model.device)
+    check_compute_dtype(device, cfg.model.compute_dtype)
+    param_dtype = "float32" if cfg.optim.master_weights else cfg.model.compute_dtype
+    if param_dtype != "float32":
+        warnings.warn(f"optim.master_weights=false: parameters and AdamW state in {param_dtype}; small updates "
+                      "round away (at lr 1e-6 most parameters do not move). Prefer master weights.", stacklevel=3)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=param_dtype, device=str(device))
+    if cfg.model.disable_dropout:
+        disable_dropout(model)
+    use_clean_generation_config(model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model, tokenizer, device
 
 
 @dataclass
@@ -333,8 +360,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
                               f"choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    if cfg.model.threads:
-        torch.set_num_threads(cfg.model.threads)
+    apply_threads(cfg.model.threads)
     if cfg.algo.num_iterations == 1 and cfg.algo.minibatches == 1:
         warnings.warn(
             "algo.num_iterations=1 and algo.minibatches=1: every update is on-policy (r = 1 exactly), so every "
@@ -342,11 +368,9 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
             "(num_iterations > 1) or split them into minibatches for the gate to act.", stacklevel=2)
 
     # --- model, data, optimizer ---
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=cfg.model.dtype)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
+    model, tokenizer, device = load_policy(cfg)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+    precision = functools.partial(autocast, device, cfg.model.compute_dtype)
     data = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=cfg.eval.size)
     G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
     updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
@@ -391,21 +415,23 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
             batch_idx = stream.take(P)
 
             # 1. rollout: G completions per prompt from the current policy.
-            rollout = sampler.sample([data.prompts[i] for i in batch_idx], G, temperature=cfg.rollout.temperature,
-                                     top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
+            with precision():  # samples and old log-probs from the same numerics: exactly pi_old
+                rollout = sampler.sample([data.prompts[i] for i in batch_idx], G, temperature=cfg.rollout.temperature,
+                                         top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
             t_gen = time.perf_counter()
 
             # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
             rewards, graded = score([data.graders[i] for i in batch_idx for _ in range(G)], rollout,
                                     [data.train[i].reference for i in batch_idx for _ in range(G)], cfg, grader)
-            adv = group_advantages(rewards["total"], G, cfg.algo.advantage)
+            adv = group_advantages(rewards["total"], G, cfg.algo.advantage).to(device)
             keep = (~zero_variance_groups(rewards["total"], G) if cfg.algo.drop_zero_variance
                     else torch.ones(len(adv), dtype=torch.bool))
 
             # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
             model.eval()
-            old_logp = rollout_logprobs(model, rollout, **logprob_args)
-            ref_logp = rollout_logprobs(ref_model, rollout, **logprob_args) if ref_model is not None else None
+            with precision():
+                old_logp = rollout_logprobs(model, rollout, **logprob_args)
+                ref_logp = rollout_logprobs(ref_model, rollout, **logprob_args) if ref_model is not None else None
             model.train()
             t_logp = time.perf_counter()
 
@@ -439,7 +465,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
                     state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
     summary = build_summary(run_dir, cfg)
     RunDir(run_dir).write_summary(summary)
-    from softgate.run_plots import plot_run
+    from softgate.plots import plot_run
 
     plot_run(run_dir)
     write_run_json(run_dir, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))

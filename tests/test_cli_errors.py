@@ -17,7 +17,9 @@ def test_user_error_is_one_line_with_exit_2(capsys, tmp_path) -> None:
 
 
 def test_debug_shows_the_traceback(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError):
+    from softgate.report import ReportError
+
+    with pytest.raises(ReportError, match="no such file"):
         main(["--debug", "report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
 
 

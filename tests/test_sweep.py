@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -377,11 +380,19 @@ def test_real_trainer_sweep_and_report(tmp_path: Path, capsys: pytest.CaptureFix
           - seed: [0]
         """))
     out = tmp_path / "out"
-    # erf-10-12/seed0 is "killed" after its first RL step (the trainer's testing aid), leaving a checkpoint.
+    # erf-10-12/seed0 is killed (SIGKILL) once its first RL step's checkpoint exists.
     spec = sw.load_sweep(f)
     erf = next(c for c in spec.cells(out) if c.variant == "erf-10-12")
-    cmd = sw.train_command(spec.base, erf, resume=False, threads_per_run=1) + ["--stop-after", "1"]
-    subprocess.run(cmd, check=True, capture_output=True, env=sw.cell_env(1))
+    cmd = sw.train_command(spec.base, erf, resume=False, threads_per_run=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sw.cell_env(1))
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (erf.run_dir / "checkpoints" / "step_000001" / "state.json").is_file():
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert sw.cell_state(erf.run_dir) == "resume"
     code = cli.main(["sweep", str(f), "--out", str(out), "--workers", "2"])
     logs = {c: (out / c / sw.CELL_LOG).read_text()[-3000:] for c in ("grpo/seed0", "erf-10-12/seed0")}

@@ -29,12 +29,13 @@ def test_sampling_parameters_are_the_policy_and_seeded() -> None:
 def test_completions_assemble_like_the_hf_sampler() -> None:
     tok = build_tokenizer()
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    rollout = completions_to_rollout(tok, [[5, 6, 7], [8]], [[9, eos], [10, 11, 12], [13], [14, eos, 15]],
+    rollout = completions_to_rollout(tok, [[5, 6, 7], [8]], [[9, eos], [10, 11, 12], [13, 16, 17], [14, eos]],
                                      num_generations=2, eos_ids=[eos], pad_id=pad, device=torch.device("cpu"))
     assert rollout.input_ids.shape == (4, 3 + 3)
     assert rollout.input_ids[2].tolist()[:3] == [pad, pad, 8]  # prompts left-padded
-    assert rollout.completion_mask.tolist() == [[True, True, False], [True, True, True], [True, False, False],
-                                                [True, True, False]]  # up to and including the first EOS
+    # Up to and including the first EOS; rows without EOS ran to max_new_tokens (vLLM returns no padding).
+    assert rollout.completion_mask.tolist() == [[True, True, False], [True, True, True], [True, True, True],
+                                                [True, True, False]]
     assert rollout.truncated.tolist() == [False, True, True, False]
     assert rollout.group_ids.tolist() == [0, 0, 1, 1]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -34,15 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from softgate.report import ReportError, ReportOptions, build_report
+    from softgate.report import ReportOptions, build_report
 
     options = ReportOptions(smooth=args.smooth, threshold=args.threshold, include_partial=args.include_partial,
                             seed=args.seed, n_resamples=args.resamples)
-    try:
-        report = build_report(args.runs, args.out, options)
-    except (ReportError, ValueError) as err:
-        print(f"softgate report: error: {err}", file=sys.stderr)
-        return 2
+    report = build_report(args.runs, args.out, options)  # errors: one line from softgate.cli, exit code 2
     print(f"{len(report.runs)} run(s), {len(report.variants)} variant(s) -> {args.out}/summary.md, "
           f"{args.out}/report.html ({len(report.figures)} figures)")
     for note in report.data.get("notes", []):

@@ -36,12 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from softgate import sweep as sw
 
-    try:
-        spec = sw.load_sweep(args.file)
-        workers, threads = sw.resolve_workers(spec, args.workers, args.threads_per_run)
-    except ValueError as err:
-        print(f"softgate sweep: error: {err}", file=sys.stderr)
-        return 2
+    spec = sw.load_sweep(args.file)  # errors: one line from softgate.cli, exit code 2
+    workers, threads = sw.resolve_workers(spec, args.workers, args.threads_per_run)
     out = args.out if args.out is not None else sw.default_out(spec)
     cells = spec.cells(out)
     problems = sw.check_cells(spec, cells)

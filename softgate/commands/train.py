@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 
 def _key_help() -> str:
@@ -41,23 +40,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from softgate.config import ConfigError, load_config
+    from softgate.config import load_config
+    from softgate.train import train
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"softgate train: config error: {err}", file=sys.stderr)
-        return 2
-    from softgate.train import train
-
-    try:
-        result = train(cfg, resume=args.resume)
-    except (ConfigError, FileExistsError, FileNotFoundError) as err:
-        print(f"softgate train: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)  # errors: one line from softgate.cli, exit code 2
+    result = train(cfg, resume=args.resume)
     print_summary(result.summary)
     return 0
 
