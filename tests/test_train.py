@@ -372,3 +372,16 @@ def test_prompt_stream_resumes_mid_epoch():
     assert first[:10] != first[10:20]  # each pass reshuffles
     resumed = PromptStream(10, seed=3, cursor=13)
     assert resumed.take(12) == first[13:25]
+
+
+def test_docs_design_lists_every_logged_metric_key(tiny_random_model, tmp_path):
+    """docs/design.md is the reference of metrics.jsonl: a key the trainer logs must be listed there."""
+    import re
+
+    out = tmp_path / "run"
+    train(small_config(tiny_random_model, out, "steps=1", "eval.size=0", "loss.kl_coef=0.1"))
+    logged = {key for record in read_jsonl(out / "metrics.jsonl") for key in record}
+    page = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    section = page[page.index("Per-step keys in metrics.jsonl"):page.index("## Config keys")]
+    listed = set(re.findall(r"`([a-z_]+(?:/[a-z_0-9]+)?)`", section))
+    assert logged <= listed, f"logged but not in docs/design.md: {sorted(logged - listed)}"
