@@ -21,10 +21,31 @@ expands to cells ``grpo/seed0 ... sigmoid-10-12/seed2``. Each cell runs
 
 from softgate.sweep.manifest import SWEEP_MANIFEST, read_manifest, write_manifest
 from softgate.sweep.runner import (
-    CELL_LOG, DEFAULT_TRAINER, CellResult, SweepResult, available_cpus, cell_env, cell_state, check_cells,
-    default_out, default_workers, dry_run, print_summary, resolve_workers, run_sweep, set_aside, train_command,
+    CELL_LOG,
+    DEFAULT_TRAINER,
+    CellResult,
+    SweepResult,
+    available_cpus,
+    cell_env,
+    cell_state,
+    check_cells,
+    default_out,
+    default_workers,
+    dry_run,
+    print_summary,
+    resolve_workers,
+    run_sweep,
+    set_aside,
+    train_command,
 )
-from softgate.sweep.spec import Axis, Cell, Sweep, SweepFileError, format_value, load_sweep
+from softgate.sweep.spec import (
+    Axis,
+    Cell,
+    Sweep,
+    SweepFileError,
+    format_value,
+    load_sweep,
+)
 
 __all__ = [
     "CELL_LOG", "DEFAULT_TRAINER", "SWEEP_MANIFEST", "Axis", "Cell", "CellResult", "Sweep", "SweepFileError",

@@ -21,10 +21,10 @@ from typing import IO, Literal, TextIO
 from softgate.rundir import RunDir, RunDirError
 from softgate.sweep.manifest import write_manifest
 from softgate.sweep.spec import Cell, Sweep, format_value
+from softgate.threads import THREAD_ENV_VARS, usable_cores
 
 CELL_LOG = "sweep.log"
 # Environment variables that bound the threads of one training process (torch reads OMP_NUM_THREADS at start).
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 THREADS_KEY = "model.threads"  # torch's intra-op threads (softgate.config.ModelConfig.threads)
 PROGRESS_KEY = "log.progress"  # the trainer's own progress bar, turned off in sweep cells
 # The default trainer: this interpreter running softgate's CLI. Tests substitute a fake trainer script.
@@ -106,11 +106,8 @@ def check_cells(sweep: Sweep, cells: Sequence[Cell]) -> list[str]:
 
 
 def available_cpus() -> int:
-    """CPUs this process may use (affinity-aware where the OS supports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPUs this process may use (affinity-aware; the one rule lives in softgate.threads)."""
+    return usable_cores()
 
 
 def default_workers(threads_per_run: int) -> int:
