@@ -19,8 +19,8 @@ from typing import Any
 _KEPT = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 # Set by softgate on every generate call (the policy itself), or irrelevant to which tokens are drawn.
 _HARMLESS = ("do_sample", "temperature", "top_p", "top_k", "max_length", "max_new_tokens", "use_cache",
-             "cache_implementation", "transformers_version", "return_dict_in_generate", "output_scores",
-             "output_logits", "num_return_sequences")
+             "cache_implementation", "transformers_version", "num_return_sequences")
+_HARMLESS_PREFIXES = ("output_", "return_", "_")  # what generate returns, not what it draws
 
 
 def shipped_overrides(generation_config: Any) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def shipped_overrides(generation_config: Any) -> dict[str, Any]:
     default = GenerationConfig().to_dict()
     shipped = generation_config.to_dict()
     return {key: value for key, value in shipped.items()
-            if key not in _KEPT and key not in _HARMLESS and not key.startswith("_")
+            if key not in _KEPT and key not in _HARMLESS and not key.startswith(_HARMLESS_PREFIXES)
             and value != default.get(key) and value is not None}
 
 

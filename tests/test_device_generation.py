@@ -95,3 +95,11 @@ def test_disable_dropout_makes_train_mode_deterministic() -> None:
     disable_dropout(model)
     assert model.config.attention_dropout == 0.0
     assert torch.equal(model(ids).logits, reference)
+
+
+def test_output_settings_are_not_distribution_changes() -> None:
+    from transformers import GenerationConfig
+
+    shipped = GenerationConfig(output_attentions=False, output_hidden_states=False, return_dict_in_generate=True,
+                               temperature=0.6, top_p=0.9, min_p=0.05)
+    assert shipped_overrides(shipped) == {"min_p": 0.05}  # temperature/top_p are set by softgate on every call
