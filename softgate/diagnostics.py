@@ -35,6 +35,8 @@ __all__ = [
     "KLEstimator",
     "LossTerms",
     "eur",
+    "eur_from_group_sums",
+    "eur_group_sums",
     "group_ids",
     "hard_clip_frac",
     "kl_estimate",
@@ -70,10 +72,24 @@ def eur(df_BT: Tensor, mask_BT: Tensor, group_ids_B: Tensor) -> Tensor:
     the plain mean over groups. Groups without any valid token are left out of the mean. NaN if no group has a
     valid token. For the ``clip`` gate this is 1 - (clip-active fraction), group-weighted.
 
-    ``group_ids_B`` may hold any integer labels (they need not be contiguous or sorted).
+    ``group_ids_B`` may hold any integer labels (they need not be contiguous or sorted). When a group's rows are
+    spread over several calls (micro-batches, processes), add up :func:`eur_group_sums` and reduce once with
+    :func:`eur_from_group_sums` instead: EUR itself does not average.
 
     Shapes:
         df_BT: [B, T] float, mask_BT: [B, T] bool, group_ids_B: [B] int -> [] (dtype of df_BT)
+    """
+    return eur_from_group_sums(*eur_group_sums(df_BT, mask_BT, group_ids_B))
+
+
+def eur_group_sums(df_BT: Tensor, mask_BT: Tensor, group_ids_B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 12's per-group numerator (sum of f' over the group's valid tokens) and denominator (its valid-token
+    count), one entry per distinct label. Unlike EUR these add up: concatenate the sums of several micro-batches
+    or processes and pass them to :func:`eur_from_group_sums`.
+
+    Shapes:
+        df_BT: [B, T] float, mask_BT: [B, T] bool, group_ids_B: [B] int
+        -> (labels [G] int64, numerators [G], denominators [G]) (dtype of df_BT)
     """
     if df_BT.dim() != 2 or group_ids_B.shape != df_BT.shape[:1]:
         raise ValueError(f"eur expects df_BT [B, T] and group_ids_B [B], got {tuple(df_BT.shape)} and "
@@ -82,15 +98,29 @@ def eur(df_BT: Tensor, mask_BT: Tensor, group_ids_B: Tensor) -> Tensor:
         raise TypeError(f"group_ids_B must be an integer tensor, got dtype {group_ids_B.dtype}")
     row_sum_B = masked_sum(df_BT, mask_BT, dim=1)
     row_len_B = mask_BT.sum(dim=1).to(df_BT.dtype)
-    labels, inverse_B = torch.unique(group_ids_B, return_inverse=True)
-    num_groups = labels.shape[0]
-    group_sum = torch.zeros(num_groups, dtype=df_BT.dtype, device=df_BT.device).index_add_(0, inverse_B, row_sum_B)
-    group_len = torch.zeros(num_groups, dtype=df_BT.dtype, device=df_BT.device).index_add_(0, inverse_B, row_len_B)
-    has_tokens = group_len > 0
-    per_group = group_sum / group_len.clamp_min(1)
-    count = has_tokens.sum().to(df_BT.dtype)
+    return _sum_by_label(group_ids_B.to(torch.int64), row_sum_B, row_len_B)
+
+
+def eur_from_group_sums(labels_G: Tensor, numerators_G: Tensor, denominators_G: Tensor) -> Tensor:
+    """Eq. 12 from per-group sums (:func:`eur_group_sums`); entries sharing a label are parts of one group and
+    are summed before the ratio. Groups with no valid token are left out; NaN if none is left.
+
+    Shapes:
+        labels_G: [G] int64, numerators_G, denominators_G: [G] float -> [] (dtype of numerators_G)
+    """
+    _, num_G, den_G = _sum_by_label(labels_G, numerators_G, denominators_G)
+    has_tokens = den_G > 0
+    per_group = num_G / den_G.clamp_min(1)
+    count = has_tokens.sum().to(num_G.dtype)
     mean = torch.where(has_tokens, per_group, 0.0).sum() / count.clamp_min(1)
     return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+def _sum_by_label(labels_N: Tensor, num_N: Tensor, den_N: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum ``num_N`` and ``den_N`` over equal labels.  Shapes: [N] each -> [G] each (G distinct labels)."""
+    labels_G, inverse_N = torch.unique(labels_N, return_inverse=True)
+    zeros_G = torch.zeros(labels_G.shape[0], dtype=num_N.dtype, device=num_N.device)
+    return labels_G, zeros_G.index_add(0, inverse_N, num_N), zeros_G.index_add(0, inverse_N, den_N.to(num_N.dtype))
 
 
 def _masked_fraction(cond_BT: Tensor, mask_BT: Tensor, dtype: torch.dtype) -> Tensor:

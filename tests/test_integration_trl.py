@@ -21,12 +21,14 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from softgate import gates  # noqa: E402
 from softgate.integrations.trl import (  # noqa: E402
+    GROUP_KEY,
     SoftGateGRPOConfig,
     SoftGateGRPOTrainer,
-    _prompt_groups,
     check_trl_version,
+    gate_is_inert,
     reward_functions,
     trl_normalizer,
+    warn_if_gate_is_inert,
 )
 
 B, P, T = 6, 5, 7  # rows (completions), prompt tokens, completion tokens of the hand-made micro-batch
@@ -91,6 +93,7 @@ def _batch(trainer: Any, seed: int = 1) -> dict[str, Any]:
         "completion_mask": completion_mask,
         "advantages": torch.tensor([1.2, -0.7, 0.0, 0.9, -1.5, 0.4]),
         "num_items_in_batch": completion_mask.sum() * 2,  # as if the generation batch held 2 such micro-batches
+        GROUP_KEY: torch.arange(B) // G,  # the EUR groups, as SoftGateGRPOTrainer tags them at generation
     }
     logp = _current_logp(trainer, inputs)
     # |log r| up to ~0.6: ratios from ~0.5 to ~1.8, both sides of every trust region, no clamping.
@@ -99,17 +102,18 @@ def _batch(trainer: Any, seed: int = 1) -> dict[str, Any]:
     return inputs
 
 
-def _current_logp(trainer: Any, inputs: dict[str, Any]) -> Any:
+def _current_logp(trainer: Any, inputs: dict[str, Any], length: int = T) -> Any:
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     with torch.no_grad():
-        return trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, T)[0]
+        return trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, length)[0]
 
 
-def _loss_and_grads(trainer: Any, inputs: dict[str, Any], *, train: bool = True) -> tuple[Any, dict[str, Any]]:
+def _loss_and_grads(trainer: Any, inputs: dict[str, Any], *, train: bool = True,
+                    accum: int = 2) -> tuple[Any, dict[str, Any]]:
     trainer.model.train(train)
     trainer.model.zero_grad(set_to_none=True)
-    trainer.current_gradient_accumulation_steps = 2  # as inside an accumulation window of 2 micro-batches
+    trainer.current_gradient_accumulation_steps = accum  # as inside an accumulation window of `accum` micro-batches
     loss = trainer._compute_loss(trainer.model, inputs)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -168,7 +172,8 @@ def test_loss_and_gradients_equal_trl(tiny_dir: Path, tmp_path: Path, loss_type:
 
 def test_eval_mode_has_no_accumulation_factor(tiny_dir: Path, tmp_path: Path) -> None:
     ref = _trainer(GRPOTrainer, GRPOConfig, tiny_dir, tmp_path, loss_type="sapo")
-    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="sigmoid")
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="sigmoid",
+                    loss_type="sapo")
     _assert_parity(ref, ours, _batch(ref), train=False)
 
 
@@ -177,11 +182,12 @@ def test_softgate_tau_fields_drive_the_gate(tiny_dir: Path, tmp_path: Path) -> N
     ref = _trainer(GRPOTrainer, GRPOConfig, tiny_dir, tmp_path, loss_type="sapo",
                    sapo_temperature_pos=10.0, sapo_temperature_neg=12.0)
     ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="sigmoid",
-                    softgate_tau_pos=10.0, softgate_tau_neg=12.0)
+                    loss_type="sapo", softgate_tau_pos=10.0, softgate_tau_neg=12.0)
     assert (ours.args.sapo_temperature_pos, ours.args.sapo_temperature_neg) == (10.0, 12.0)
     inputs = _batch(ref)
     _assert_parity(ref, ours, inputs)
-    default = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="sigmoid")
+    default = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="sigmoid",
+                       loss_type="sapo")
     assert abs(_loss_and_grads(default, inputs)[0] - _loss_and_grads(ours, inputs)[0]) > 1e-4
 
 
@@ -194,7 +200,7 @@ def test_gate_metrics_are_logged(tiny_dir: Path, tmp_path: Path) -> None:
     ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="erf",
                     softgate_tau_pos=4.0, softgate_tau_neg=5.0)
     inputs = _batch(ours)
-    _loss_and_grads(ours, inputs)
+    _loss_and_grads(ours, inputs, accum=1)
     m = {k: v[-1] for k, v in ours._metrics["train"].items()}
     for key in ("gate/eur", "gate/soft_clip_frac", "gate/hard_clip_frac", "gate/ratio_mean", "gate/ratio_min",
                 "gate/ratio_max", "gate/ratio_p05", "gate/ratio_p50", "gate/ratio_p95", "gate/clamped",
@@ -224,22 +230,58 @@ def test_on_policy_batch_gives_eur_one(tiny_dir: Path, tmp_path: Path) -> None:
                     softgate_tau_pos=10.0, softgate_tau_neg=12.0)
     inputs = _batch(ours)
     del inputs["old_per_token_logps"]
-    _loss_and_grads(ours, inputs)
+    _loss_and_grads(ours, inputs, accum=1)
     m = {k: v[-1] for k, v in ours._metrics["train"].items()}
     assert m["gate/eur"] == 1.0 and m["gate/ratio_min"] == 1.0 and m["gate/ratio_max"] == 1.0
     assert m["gate/soft_clip_frac"] == 0.0
 
 
-def test_prompt_groups_from_identical_prompts() -> None:
-    ids = torch.tensor([[5, 6, 7], [1, 2, 3], [5, 6, 7], [9, 9, 3], [1, 2, 3]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])
-    groups = _prompt_groups(ids, mask).tolist()
-    assert groups[0] == groups[2] and groups[1] == groups[4]
-    assert len({groups[0], groups[1], groups[3]}) == 3
-    # Left padding differs only under the mask: the pad token value must not split a group.
-    ids2 = torch.tensor([[0, 4, 5], [7, 4, 5]])
-    mask2 = torch.tensor([[0, 1, 1], [0, 1, 1]])
-    assert _prompt_groups(ids2, mask2).tolist() == [0, 0]
+def _one_row(trainer: Any, length: int, adv: float, log_ratio: float) -> dict[str, Any]:
+    """A micro-batch of one completion of prompt group 0 (``per_device_train_batch_size=1``, the paper's TRL
+    setting) with ``length`` valid tokens out of 9, all at ratio exp(log_ratio)."""
+    g = torch.Generator().manual_seed(length)
+    vocab = trainer.model.config.vocab_size
+    mask = (torch.arange(9) < length).long()[None]
+    inputs = {"prompt_ids": torch.randint(4, vocab, (1, P), generator=torch.Generator().manual_seed(0)),
+              "prompt_mask": torch.ones(1, P, dtype=torch.long),
+              "completion_ids": torch.randint(4, vocab, (1, 9), generator=g), "completion_mask": mask,
+              "advantages": torch.tensor([adv]), GROUP_KEY: torch.tensor([0])}
+    inputs["old_per_token_logps"] = _current_logp(trainer, inputs, 9) - log_ratio
+    return inputs
+
+
+def test_eur_is_eq12_across_micro_batches(tiny_dir: Path, tmp_path: Path) -> None:
+    """One prompt, two completions in two micro-batches of one optimizer step: 1 token with f' = 0 (A > 0, r = e
+    beyond the clip) and 9 tokens with f' = 1 (r = 1). Eq. 12: (0 + 9) / (1 + 9) = 0.9; the mean of per-micro-batch
+    EURs would say 0.5."""
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="clip",
+                    loss_type="grpo", per_device_train_batch_size=1, num_generations=2, gradient_accumulation_steps=2)
+    for inputs in (_one_row(ours, 1, adv=1.0, log_ratio=1.0), _one_row(ours, 9, adv=-1.0, log_ratio=0.0)):
+        assert "gate/eur" not in ours._metrics["train"]  # not before the step's last micro-batch
+        _loss_and_grads(ours, inputs, accum=2)
+    assert ours._metrics["train"]["gate/eur"] == [pytest.approx(0.9, abs=1e-6)]
+    # Evaluation batches stand alone.
+    ours.model.eval()
+    ours._compute_loss(ours.model, _one_row(ours, 1, adv=1.0, log_ratio=1.0))
+    assert ours._metrics["eval"]["gate/eur"] == [0.0]
+
+
+def test_groups_are_tagged_at_generation(tiny_dir: Path, tmp_path: Path) -> None:
+    """TRL's groups (num_generations consecutive rows of the generation batch), numbered across generations, even
+    for identical prompts; the tag survives TRL's shuffle and split into micro-batches."""
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, num_iterations=1)
+    ours.model.train()
+    rows = [{"prompt": "Ann has 3 apples"}] * B  # B // G groups of G identical prompts
+    first = ours._generate_and_score_completions(rows)[GROUP_KEY]
+    second = ours._generate_and_score_completions(rows)[GROUP_KEY]
+    assert first.tolist() == [0, 0, 0, 1, 1, 1] and second.tolist() == [2, 2, 2, 3, 3, 3]
+    ours._step, ours._buffered_inputs = 0, None
+    ours.args.steps_per_generation = 2  # two micro-batches of 3 rows out of one generation batch of 6
+    parts = [ours._prepare_inputs(rows)]
+    ours._step = 1
+    parts.append(ours._prepare_inputs(rows))
+    assert [part[GROUP_KEY].shape for part in parts] == [(B // 2,), (B // 2,)]
+    assert sorted(torch.cat([q[GROUP_KEY] for q in parts]).tolist()) == [4, 4, 4, 5, 5, 5]
 
 
 def test_trl_normalizer_by_hand() -> None:
@@ -309,9 +351,62 @@ def test_default_temperatures_are_the_registrys(tmp_path: Path) -> None:
     ("sigmoid", "seq-mean-token-mean", "sapo"), ("erf", "seq-mean-token-mean", "grpo"),
     ("erf", "token-mean", "dapo"), ("clip", "seq-mean-token-sum-norm", "dr_grpo"),
 ])
-def test_loss_type_follows_the_aggregation(tmp_path: Path, gate: str, agg: str, loss_type: str) -> None:
-    """TRL only warns/validates with loss_type; it must name TRL's loss with the same aggregation."""
-    assert _config(tmp_path, softgate_gate=gate, softgate_agg=agg, loss_type="vespo").loss_type == loss_type
+def test_unset_loss_type_follows_the_aggregation(tmp_path: Path, gate: str, agg: str, loss_type: str) -> None:
+    """TRL only warns with loss_type; when the user leaves it unset it names TRL's loss with the same aggregation."""
+    assert _config(tmp_path, softgate_gate=gate, softgate_agg=agg).loss_type == loss_type
+
+
+@pytest.mark.parametrize(("loss_type", "agg"), [
+    (None, "token-mean"),  # TRL's default loss_type, dapo
+    ("dapo", "token-mean"), ("grpo", "seq-mean-token-mean"), ("sapo", "seq-mean-token-mean"),
+    ("dr_grpo", "seq-mean-token-sum-norm"),
+])
+def test_loss_type_decides_the_aggregation_when_softgate_agg_is_unset(tmp_path: Path, loss_type: str | None,
+                                                                      agg: str) -> None:
+    cfg = _config(tmp_path, softgate_gate="erf", **({} if loss_type is None else {"loss_type": loss_type}))
+    assert cfg.softgate_agg == agg
+    assert cfg.loss_type == (loss_type or "dapo")  # the user's value is kept
+
+
+@pytest.mark.parametrize(("loss_type", "agg"), [("dapo", "seq-mean-token-mean"), ("grpo", "token-mean"),
+                                                ("cispo", "token-mean"), ("vespo", None)])
+def test_loss_type_conflicting_with_softgate_agg_is_an_error(tmp_path: Path, loss_type: str,
+                                                             agg: str | None) -> None:
+    with pytest.raises(ValueError, match=f"loss_type='{loss_type}'.*softgate_agg"):
+        _config(tmp_path, loss_type=loss_type, **({} if agg is None else {"softgate_agg": agg}))
+    # Agreeing values are fine.
+    assert _config(tmp_path, loss_type="grpo", softgate_agg="seq-mean-token-mean").softgate_agg == "seq-mean-token-mean"
+
+
+def test_default_loss_type_is_trl_dapo(tiny_dir: Path, tmp_path: Path) -> None:
+    """Neither loss_type nor softgate_agg given: the clip gate is TRL's default GRPOConfig (dapo), to 1e-6."""
+    ref = _trainer(GRPOTrainer, GRPOConfig, tiny_dir, tmp_path)
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="clip")
+    assert ref.args.loss_type == "dapo" and ours.args.softgate_agg == "token-mean"
+    _assert_parity(ref, ours, _batch(ref))
+
+
+@pytest.mark.parametrize("delta", [1.5, 1.1], ids=["delta>1+eps_high", "delta<1+eps_high"])
+def test_delta_two_sided_clip_equals_trl(tiny_dir: Path, tmp_path: Path, delta: float) -> None:
+    ref = _trainer(GRPOTrainer, GRPOConfig, tiny_dir, tmp_path, loss_type="grpo", delta=delta)
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, loss_type="grpo",
+                    softgate_gate="clip", delta=delta)
+    inputs = _batch(ref, seed=3)
+    inputs["old_per_token_logps"][inputs["advantages"] < 0] -= 0.5  # ratios around e^0.5 where A < 0
+    # The two-sided clip acts on this batch: some A < 0 token has r > delta (and TRL's loss moves with delta).
+    r = torch.exp(_current_logp(ref, inputs) - inputs["old_per_token_logps"])
+    hit = (r > max(delta, 1.28)) & (inputs["advantages"][:, None] < 0) & inputs["completion_mask"].bool()
+    assert hit.any()
+    plain = _trainer(GRPOTrainer, GRPOConfig, tiny_dir, tmp_path, loss_type="grpo")
+    assert abs(_loss_and_grads(plain, inputs)[0] - _loss_and_grads(ref, inputs)[0]) > 1e-4
+    _assert_parity(ref, ours, inputs)
+
+
+def test_delta_with_a_smooth_gate_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="delta=1.5.*softgate_gate='erf'"):
+        _config(tmp_path, softgate_gate="erf", delta=1.5)
+    with pytest.raises(ValueError, match="delta"):
+        _config(tmp_path, softgate_gate="clip", delta=0.9)
 
 
 def test_config_gate_params_json(tmp_path: Path) -> None:
@@ -336,6 +431,29 @@ def test_config_errors_name_the_field(tmp_path: Path, kw: dict[str, Any], field:
 def test_entropy_bonus_is_rejected(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="entropy_coef"):
         _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, entropy_coef=0.01)
+
+
+def test_inert_rule_is_trls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """TRL computes old log-probs when gradient_accumulation_steps % (steps_per_generation * num_iterations) != 0
+    or with vLLM importance-sampling correction; the warning follows exactly that."""
+    # 3 % (2 * 1) != 0: a generation batch spans two optimizer steps, TRL keeps old log-probs, the gate acts.
+    spans = _config(tmp_path, gradient_accumulation_steps=3, steps_per_generation=2, num_iterations=1)
+    # vLLM without the importance-sampling correction: TRL takes old = current (r = 1), the gate is inert.
+    vllm = _config(tmp_path, use_vllm=True, vllm_importance_sampling_correction=False)
+    vllm_is = _config(tmp_path, use_vllm=True, vllm_importance_sampling_correction=True)
+    with caplog.at_level("WARNING", logger="softgate.integrations.trl"):
+        assert not warn_if_gate_is_inert(spans) and "inert" not in caplog.text
+        assert not gate_is_inert(vllm_is)
+        assert warn_if_gate_is_inert(vllm) and gate_is_inert(vllm)
+    assert "inert" in caplog.text and "vllm_importance_sampling_correction" in caplog.text
+
+
+def test_no_false_warning_when_a_generation_spans_steps(tiny_dir: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="softgate.integrations.trl"):
+        trainer = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, num_iterations=1,
+                           gradient_accumulation_steps=3, steps_per_generation=2)
+    assert not trainer.gate_is_inert() and "inert" not in caplog.text
 
 
 def test_warns_when_the_gate_is_inert(tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -422,7 +540,7 @@ def test_end_to_end_sigmoid_matches_trl_sapo(tiny_dir: Path, tmp_path: Path) -> 
     ref = _train(GRPOTrainer, GRPOConfig, model_dir, tmp_path / "trl", loss_type="sapo",
                  sapo_temperature_pos=10.0, sapo_temperature_neg=12.0)
     ours = _train(SoftGateGRPOTrainer, SoftGateGRPOConfig, model_dir, tmp_path / "softgate",
-                  softgate_gate="sigmoid", softgate_tau_pos=10.0, softgate_tau_neg=12.0)
+                  softgate_gate="sigmoid", loss_type="sapo", softgate_tau_pos=10.0, softgate_tau_neg=12.0)
     for (name, p_ref), (_, p_ours) in zip(ref.model.named_parameters(), ours.model.named_parameters(), strict=True):
         torch.testing.assert_close(p_ours, p_ref, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
     losses_ref = [h["loss"] for h in ref.state.log_history if "loss" in h]

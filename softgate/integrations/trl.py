@@ -10,8 +10,8 @@ Usage::
     trainer.train()
 
 What changes with respect to ``GRPOTrainer``: only the loss. :meth:`SoftGateGRPOTrainer._compute_loss` computes
-the per-token log-probs with TRL's own helper, then calls :func:`softgate.losses.policy_loss` with the gate, the
-ratio level and the aggregation mode, and with a normalizer that reproduces TRL's gradient-accumulation
+the per-token log-probs with TRL's own helper, then calls :func:`softgate.losses.policy_loss_terms` with the gate,
+the ratio level and the aggregation mode, and with a normalizer that reproduces TRL's gradient-accumulation
 semantics for the matching ``loss_type`` (:func:`trl_normalizer`):
 
 ==========================  ======================  ==========================================================
@@ -25,9 +25,9 @@ seq-mean-token-sum-norm     dr_grpo                 rows * max_completion_length
 ==========================  ======================  ==========================================================
 
 With ``softgate_gate="sigmoid"`` and the same temperatures this is TRL's ``loss_type="sapo"``; with ``"clip"`` it
-is TRL's ``grpo`` / ``dapo`` / ``dr_grpo`` (``tests/test_integration_trl.py`` checks loss and gradients to 1e-6).
-TRL's ``loss_type`` is not read by this trainer: :class:`SoftGateGRPOConfig` sets it to TRL's loss with the same
-aggregation (``sapo`` / ``grpo`` / ``dapo`` / ``dr_grpo``), which TRL uses only for its warnings.
+is TRL's ``grpo`` / ``dapo`` / ``dr_grpo``, with ``delta`` its two-sided clip (``tests/test_integration_trl.py``
+checks loss and gradients to 1e-6). ``loss_type`` chooses the aggregation when ``softgate_agg`` is unset (TRL's
+default ``dapo``: token-mean); a ``loss_type`` that disagrees with ``softgate_agg`` is an error.
 
 Kept from TRL: the KL penalty (``beta``, k3 against the reference model, times the importance ratio when
 ``use_bias_correction_kl``, aggregated like the policy term), ``top_entropy_quantile``, the
@@ -35,13 +35,15 @@ off-policy sequence mask, vLLM importance-sampling correction, ``tool_mask``, th
 TRL's ``entropy`` / ``kl`` metrics. Per-token or per-sequence weights (the entropy mask, the off-policy mask and
 the vLLM importance ratios) multiply the per-token loss as in TRL; they are non-negative and detached, and a gate
 depends on the advantage only through its sign, so ``w * f(r, A) * A == f(r, w A) * (w A)`` and they are folded
-into the advantages. A warning is logged when training is fully on-policy (the gate is then inert).
-Not supported (a clear error at construction): TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``).
+into the advantages. A warning is logged when TRL computes no old log-probs (:func:`gate_is_inert`: every ratio
+is 1 and the gate is inert). Not supported (a clear error at construction): TRL's entropy bonus
+(``entropy_coef``, ``use_adaptive_entropy``); ``delta`` with a gate other than ``clip``.
 
-Metrics added to TRL's log (``self._metrics``), averaged over processes: ``gate/eur`` (the paper's Eq. 12, groups
-rebuilt from identical prompts inside each micro-batch), ``gate/soft_clip_frac``, ``gate/hard_clip_frac``,
-``gate/ratio_mean``, ``gate/ratio_p05``, ``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``,
-``gate/clamped`` (summed over processes), and ``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
+Metrics added to TRL's log (``self._metrics``): ``gate/eur``, the paper's Eq. 12 exactly, once per optimizer step
+(per group numerators and denominators summed over the step's micro-batches and all processes before the ratio;
+groups are TRL's, tagged at generation, see :meth:`SoftGateGRPOTrainer._generate_and_score_completions`); averaged
+over processes: ``gate/soft_clip_frac``, ``gate/hard_clip_frac``, ``gate/ratio_mean``, ``gate/ratio_p05``,
+``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``; ``gate/clamped`` (summed over processes), and ``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
 """
 
 from __future__ import annotations
@@ -67,14 +69,15 @@ from packaging.version import Version
 
 from softgate import gates as gates_mod
 from softgate.aggregate import AGG_MODES, AggMode, aggregate
-from softgate.diagnostics import kl_estimate
-from softgate.integrations.common import reward_functions
+from softgate.diagnostics import kl_estimate, loss_stats
+from softgate.integrations.common import DualClipGate, StepEUR, reward_functions
 from softgate.losses import (
     LEVELS,
     Level,
+    LossOptions,
     compute_dtype,
     level_ratio,
-    policy_loss,
+    policy_loss_terms,
     safe_log_ratio,
 )
 
@@ -82,7 +85,10 @@ __all__ = [
     "SUPPORTED_TRL",
     "SoftGateGRPOConfig",
     "SoftGateGRPOTrainer",
+    "TRL_LOSS_AGG",
     "check_trl_version",
+    "gate_is_inert",
+    "warn_if_gate_is_inert",
     "reward_functions",
     "trl_loss_type",
     "trl_normalizer",
@@ -90,6 +96,17 @@ __all__ = [
 
 SUPPORTED_TRL = (">=1.16", "<1.17")
 logger = logging.getLogger(__name__)
+
+# TRL loss_type -> the softgate aggregation with TRL's scaling for it (trl_normalizer). The other loss types
+# (bnpo, cispo, luspo, vespo) are not a gated surrogate with one of these aggregations.
+TRL_LOSS_AGG: dict[str, AggMode] = {
+    "grpo": "seq-mean-token-mean",
+    "sapo": "seq-mean-token-mean",
+    "dapo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+}
+# The group label of every row, added at generation (SoftGateGRPOTrainer._generate_and_score_completions).
+GROUP_KEY = "softgate_group"
 
 
 def check_trl_version(version: str | None = None) -> None:
@@ -115,10 +132,21 @@ class SoftGateGRPOConfig(GRPOConfig):
     Gate parameters come from the registry (``softgate.gates.defaults``: temperatures 10 / 12) unless given:
     ``softgate_tau_pos`` / ``softgate_tau_neg``, or TRL's ``sapo_temperature_pos`` / ``sapo_temperature_neg``
     when changed from TRL's defaults, or ``softgate_gate_params`` (which wins); the ``clip`` gate takes TRL's
-    ``epsilon`` / ``epsilon_high``. After construction both temperature pairs hold the gate's values (SAPO's own
-    1 / 1.05 is ``softgate_tau_pos=1.0, softgate_tau_neg=1.05``). ``loss_type`` is derived from the softgate
-    settings (:func:`trl_loss_type`); a value passed for it is replaced.
+    ``epsilon`` / ``epsilon_high`` (and TRL's two-sided clip ``delta``, for that gate only). After construction
+    both temperature pairs hold the gate's values (SAPO's own 1 / 1.05 is ``softgate_tau_pos=1.0,
+    softgate_tau_neg=1.05``).
+
+    Aggregation: ``softgate_agg`` when set; else the one of ``loss_type`` (:data:`TRL_LOSS_AGG`; TRL's default
+    ``dapo`` when neither is given). Both set and disagreeing is an error naming both. An unset ``loss_type`` is
+    filled with TRL's loss of the same aggregation (:func:`trl_loss_type`), which TRL reads only for warnings.
     """
+
+    loss_type: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "TRL's loss type; here it chooses the aggregation when softgate_agg is unset: grpo and "
+                          "sapo -> seq-mean-token-mean, dapo (TRL's default) -> token-mean, dr_grpo -> "
+                          "seq-mean-token-sum-norm."},
+    )
 
     softgate_gate: str = dataclasses.field(
         default="sigmoid",
@@ -143,10 +171,10 @@ class SoftGateGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "Ratio level: token, sequence (GSPO) or sequence-token. None: `importance_sampling_level`."},
     )
-    softgate_agg: str = dataclasses.field(
-        default="seq-mean-token-mean",
+    softgate_agg: str | None = dataclasses.field(
+        default=None,
         metadata={"help": "Aggregation: seq-mean-token-mean (the paper, TRL grpo/sapo), token-mean (TRL dapo), "
-                          "seq-mean-token-sum-norm (TRL dr_grpo)."},
+                          "seq-mean-token-sum-norm (TRL dr_grpo). None: the one of loss_type."},
     )
     softgate_log_ratio_bound: float = dataclasses.field(
         default=20.0,
@@ -176,17 +204,15 @@ class SoftGateGRPOConfig(GRPOConfig):
         if self.softgate_level not in LEVELS:
             raise ValueError(f"softgate_level: unknown level {self.softgate_level!r}; known levels: "
                              f"{', '.join(LEVELS)}")
-        if self.softgate_agg not in AGG_MODES:
-            raise ValueError(f"softgate_agg: unknown aggregation {self.softgate_agg!r}; known modes: "
-                             f"{', '.join(AGG_MODES)}")
+        self._resolve_aggregation()
         if not (math.isfinite(self.softgate_log_ratio_bound) and self.softgate_log_ratio_bound > 0):
             raise ValueError(f"softgate_log_ratio_bound must be a positive number, got {self.softgate_log_ratio_bound}")
         if self.softgate_gate not in gates_mod.names():
             raise ValueError(f"softgate_gate: unknown gate {self.softgate_gate!r}; known gates: "
                              f"{', '.join(gates_mod.names())}")
-        # TRL reads loss_type only for warnings and validation; set it to TRL's loss with the same aggregation
-        # (and the same surrogate where one exists), so that those and the saved config tell the truth.
-        self.loss_type = trl_loss_type(self.softgate_gate, self.softgate_agg)
+        if self.delta is not None and self.softgate_gate != "clip":
+            raise ValueError(f"delta={self.delta} is TRL's two-sided clip, which softgate implements for the clip "
+                             f"gate only; softgate_gate={self.softgate_gate!r}: unset delta or use softgate_gate='clip'")
         # Build the gate once here so that a bad temperature fails at configuration time, naming the field.
         try:
             temperatures = self.softgate_gate_object().temperatures
@@ -199,11 +225,33 @@ class SoftGateGRPOConfig(GRPOConfig):
             self.softgate_tau_pos, self.softgate_tau_neg = temperatures
             self.sapo_temperature_pos, self.sapo_temperature_neg = temperatures
 
+    def _resolve_aggregation(self) -> None:
+        """``softgate_agg`` from ``loss_type`` when unset; an explicit conflict is an error naming both."""
+        if self.loss_type is not None and self.loss_type not in TRL_LOSS_AGG:
+            raise ValueError(f"loss_type={self.loss_type!r} has no softgate counterpart (softgate_agg="
+                             f"{self.softgate_agg!r}); use one of {', '.join(TRL_LOSS_AGG)} or leave loss_type unset "
+                             f"and set softgate_agg")
+        if self.softgate_agg is None:
+            self.softgate_agg = TRL_LOSS_AGG[self.loss_type or "dapo"]  # "dapo": TRL's default loss_type
+        if self.softgate_agg not in AGG_MODES:
+            raise ValueError(f"softgate_agg: unknown aggregation {self.softgate_agg!r}; known modes: "
+                             f"{', '.join(AGG_MODES)}")
+        if self.loss_type is None:
+            # TRL reads loss_type only for warnings; name its loss with the same aggregation (and surrogate).
+            self.loss_type = trl_loss_type(self.softgate_gate, self.softgate_agg)
+        elif TRL_LOSS_AGG[self.loss_type] != self.softgate_agg:
+            raise ValueError(f"loss_type={self.loss_type!r} aggregates with {TRL_LOSS_AGG[self.loss_type]!r} but "
+                             f"softgate_agg={self.softgate_agg!r}: set only one of them, or make them agree")
+
     def softgate_gate_object(self) -> gates_mod.Gate:
-        """The configured gate: each field passed only if the family takes it, unset ones from the registry."""
+        """The configured gate: each field passed only if the family takes it, unset ones from the registry;
+        with ``delta`` (clip gate only), TRL's two-sided clip."""
         host = {"tau_pos": self.softgate_tau_pos, "tau_neg": self.softgate_tau_neg, "eps_low": self.epsilon,
                 "eps_high": self.epsilon if self.epsilon_high is None else self.epsilon_high}
-        return gates_mod.make_accepted(self.softgate_gate, host, self.softgate_gate_params)
+        gate = gates_mod.make_accepted(self.softgate_gate, host, self.softgate_gate_params)
+        if self.delta is not None:  # the clip gate (checked in __post_init__)
+            return DualClipGate.from_trl_delta(gate.params["eps_low"], gate.params["eps_high"], self.delta)
+        return gate
 
 
 def trl_loss_type(gate: str, agg: AggMode) -> str:
@@ -259,17 +307,33 @@ def trl_normalizer(
     raise ValueError(f"unknown aggregation {agg!r}; known modes: {', '.join(AGG_MODES)}")
 
 
-def _prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
-    """Group label per row: rows with the same (masked) prompt are the completions of one prompt.
+def gate_is_inert(args: GRPOConfig) -> bool:
+    """True when TRL computes no old log-probs, so that it takes them equal to the current ones (r = 1 for every
+    token) and any gate with f'(1) = 1 is inert: the loss is the plain policy gradient.
 
-    TRL shuffles the generation batch before splitting it into micro-batches, so groups are not consecutive rows
-    and may be split; this recovers the part of each group inside the micro-batch (for EUR).
-
-    Shapes:
-        prompt_ids, prompt_mask: [B, P] -> [B] int64
+    TRL 1.16's own rule, copied from ``_generate_and_score_completions`` (trl/trainer/grpo_trainer.py, lines
+    2642-2645): old log-probs exist when ``gradient_accumulation_steps % (steps_per_generation * num_iterations)
+    != 0`` (a generation batch outlives an optimizer step) or with vLLM and ``vllm_importance_sampling_correction``.
     """
-    keyed = torch.where(prompt_mask.bool(), prompt_ids, torch.full_like(prompt_ids, -1))
-    return torch.unique(keyed, dim=0, return_inverse=True)[1]
+    generate_every = args.steps_per_generation * args.num_iterations
+    old_logps = (args.gradient_accumulation_steps % generate_every != 0
+                 or (args.use_vllm and args.vllm_importance_sampling_correction))
+    return not old_logps
+
+
+def warn_if_gate_is_inert(args: SoftGateGRPOConfig) -> bool:
+    """Log a warning when :func:`gate_is_inert`; returns whether it did."""
+    if not gate_is_inert(args):
+        return False
+    vllm = " (vLLM without vllm_importance_sampling_correction)" if args.use_vllm else ""
+    logger.warning(
+        "softgate: TRL computes no old log-probs here%s: gradient_accumulation_steps (%d) is a multiple of "
+        "steps_per_generation * num_iterations (%d * %d), so every update is on-policy (r = 1), the %r gate is "
+        "inert and the loss is the plain policy gradient. Reuse rollouts across optimizer steps (num_iterations > 1 "
+        "or steps_per_generation > gradient_accumulation_steps)%s for the gate to act.",
+        vllm, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations, args.softgate_gate,
+        ", or set vllm_importance_sampling_correction=True" if args.use_vllm else "")
+    return True
 
 
 class SoftGateGRPOTrainer(GRPOTrainer):
@@ -286,21 +350,33 @@ class SoftGateGRPOTrainer(GRPOTrainer):
         self.softgate_gate = self.args.softgate_gate_object()
         self.softgate_level: Level = self.args.softgate_level
         self.softgate_agg: AggMode = self.args.softgate_agg
-        if self.gate_is_inert():
-            logger.warning(
-                "softgate: num_iterations=1 and steps_per_generation (%d) <= gradient_accumulation_steps (%d) "
-                "without vLLM: every update is on-policy (r = 1), so the %r gate is inert and the loss is the plain "
-                "policy gradient. Reuse rollouts (num_iterations > 1, or steps_per_generation > "
-                "gradient_accumulation_steps) for the gate to act.",
-                self.args.steps_per_generation, self.args.gradient_accumulation_steps, self.args.softgate_gate)
+        # Eq. 12 over each optimizer step (train) or each evaluation batch; the labels come from generation.
+        self._softgate_eur = {"train": StepEUR(), "eval": StepEUR()}
+        self._softgate_generations = 0
+        warn_if_gate_is_inert(self.args)
 
     def gate_is_inert(self) -> bool:
-        """True when TRL trains fully on-policy: old log-probs are the current ones and r = 1 for every token.
+        """True when TRL trains fully on-policy (r = 1 for every token): :func:`gate_is_inert` of the config."""
+        return gate_is_inert(self.args)
 
-        That is TRL's own condition for skipping the old log-prob pass (``_generate_and_score_completions``).
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's generation, plus the EUR group label of every row (``inputs["softgate_group"]``, [B] int64).
+
+        The group is TRL's own: the ``num_generations`` consecutive rows of the generation batch gathered over
+        processes (the rows TRL normalizes advantages over; this process holds rows ``process_index * B`` onward).
+        Tagging them here keeps the group through TRL's shuffle and split into micro-batches; a generation counter
+        keeps groups of different generation batches apart (one optimizer step may span two), and identical prompts
+        sampled twice stay two groups, as for TRL's advantages.
         """
-        return (self.num_iterations == 1 and not self.use_vllm
-                and self.args.steps_per_generation <= self.args.gradient_accumulation_steps)
+        output = super()._generate_and_score_completions(inputs)
+        group_size = self.num_generations if self.model.training else self.num_generations_eval
+        rows = output["completion_ids"].shape[0]
+        first = self.accelerator.process_index * rows
+        index = torch.arange(first, first + rows, device=output["completion_ids"].device)
+        groups_per_generation = -(-rows * self.accelerator.num_processes // group_size)
+        output[GROUP_KEY] = self._softgate_generations * groups_per_generation + index // group_size
+        self._softgate_generations += 1
+        return output
 
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
         """softgate's policy loss on TRL's inputs; mirrors ``GRPOTrainer._compute_loss`` outside the surrogate.
@@ -362,15 +438,14 @@ class SoftGateGRPOTrainer(GRPOTrainer):
             steps_per_generation=self.args.steps_per_generation,
             max_completion_length=self.args.max_completion_length,
         )
-        loss, stats = policy_loss(
-            logp_BT, old_logp_BT, adv, mask_BT, self.softgate_gate,
-            level=self.softgate_level,
-            agg=self.softgate_agg,
-            normalizer=z,
-            group_ids=_prompt_groups(prompt_ids, prompt_mask),
-            log_ratio_bound=self.args.softgate_log_ratio_bound,
-            soft_clip_threshold=self.args.softgate_soft_clip_threshold,
-        )
+        options = LossOptions(level=self.softgate_level, agg=self.softgate_agg,
+                              log_ratio_bound=self.args.softgate_log_ratio_bound)
+        loss, terms = policy_loss_terms(logp_BT, old_logp_BT, adv, mask_BT, self.softgate_gate, options, normalizer=z)
+        stats = loss_stats(terms, soft_clip_threshold=self.args.softgate_soft_clip_threshold)
+        if GROUP_KEY not in inputs:
+            raise KeyError(f"inputs lack {GROUP_KEY!r}, the EUR group of each row that "
+                           "SoftGateGRPOTrainer._generate_and_score_completions adds")
+        self._softgate_eur[mode].add(terms.df, mask_BT, inputs[GROUP_KEY])
         kl_BT = None
         if self.beta != 0.0:
             kl_BT = self._kl_to_reference(inputs["ref_per_token_logps"], logp_BT, old_logp_BT, mask_BT)
@@ -454,7 +529,11 @@ class SoftGateGRPOTrainer(GRPOTrainer):
             kl_tot = self.accelerator.reduce(kl, reduction="sum")
             metrics["kl"].append((kl_tot[0] / kl_tot[1].clamp(min=1.0)).item())
 
-        mean_keys = ("eur", "soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_p05", "ratio_p50",
+        eur = self._softgate_eur[mode]
+        if mode == "eval" or len(eur) == self.current_gradient_accumulation_steps:
+            # The last micro-batch of the optimizer step (an evaluation batch stands alone): Eq. 12 over all of it.
+            metrics["gate/eur"].append(eur.compute().item())
+        mean_keys = ("soft_clip_frac", "hard_clip_frac", "ratio_mean", "ratio_p05", "ratio_p50",
                      "ratio_p95", "approx_kl")
         local = torch.stack([*(stats[k].float() for k in mean_keys), stats["clamped"].float(),
                              stats["ratio_min"].float(), stats["ratio_max"].float()])
