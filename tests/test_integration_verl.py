@@ -30,6 +30,8 @@ VERL_MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-me
 # Global batch information as verl's actor puts it in config.global_batch_info: this micro-batch is one of
 # several on one of two data-parallel ranks.
 GLOBAL_INFO = {"dp_size": 2, "batch_num_tokens": 61, "global_batch_size": 16, "loss_scale_factor": None}
+# softgate.integrations.verl.uid_labels of "x" and "y": blake2b, the same in every process.
+UID_X, UID_Y = 5717441744405258058, 6892360672924705551
 
 
 def _config(mode: str = "vanilla", *, policy_loss: Any = None, **kw: Any) -> FSDPActorConfig:
@@ -130,7 +132,7 @@ def test_sigmoid_equals_verl_sapo(info: dict[str, Any] | None, with_weights: boo
     assert abs(loss_ref.item()) > 1e-3 and grad_ref.abs().max() > 1e-3
     _close(loss, loss_ref)
     _close(grad, grad_ref)
-    assert 0.0 < metrics["gate/eur"] < 1.0
+    assert "gate/eur" not in metrics  # needs the groups (uid): reported by the actor loss, ppo_loss
 
 
 def test_verl_sapo_ignores_loss_agg_mode_and_ours_does_not() -> None:
@@ -158,6 +160,30 @@ def test_clip_equals_verl_vanilla_in_every_aggregation_mode(mode: str, info: dic
     assert m["actor/pg_clipfrac"] == pytest.approx(m_ref["actor/pg_clipfrac"], abs=1e-6)  # verl: float32
     assert m_ref["actor/pg_clipfrac"] > 0
     assert m["actor/ppo_kl"] == pytest.approx(m_ref["actor/ppo_kl"], abs=1e-12)
+
+
+@pytest.mark.parametrize("clip_ratio_c", [3.0, 1.6])
+@pytest.mark.parametrize("mode", VERL_MODES)
+def test_clip_with_dual_clip_active_equals_verl_vanilla(mode: str, clip_ratio_c: float) -> None:
+    """verl's vanilla loss caps the ratio at clip_ratio_c for A < 0 (dual clip); softgate_clip does the same."""
+    batch = _batch(seed=1)
+    adv_neg = batch["advantages"] < 0
+    batch["old_log_prob"] = batch["old_log_prob"] - 1.2 * adv_neg  # ratios around e^1.2 = 3.3 where A < 0
+    r = torch.exp(batch["log_prob"] - batch["old_log_prob"])
+    m = batch["response_mask"]
+    assert ((r > clip_ratio_c) & adv_neg & m).any() and ((r < clip_ratio_c) & adv_neg & m).any()
+    config = _with_info(_config(clip_ratio_c=clip_ratio_c), GLOBAL_INFO)
+    loss_ref, grad_ref, m_ref = _call("vanilla", batch, mode, config)
+    loss, grad, metrics = _call("softgate_clip", batch, mode, config)
+    _close(loss, loss_ref)
+    _close(grad, grad_ref)
+    assert m_ref["actor/pg_clipfrac_lower"] > 0
+    # f' = 0 on the tokens of either clip: verl's two clip fractions together.
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(m_ref["actor/pg_clipfrac"] + m_ref["actor/pg_clipfrac_lower"],
+                                                         abs=1e-6)
+    # Without the dual clip the loss would differ: the cap is what makes them equal.
+    _, grad_plain, _ = _call("softgate_clip", batch, mode, _with_info(_config(clip_ratio_c=100.0), GLOBAL_INFO))
+    assert (grad_plain - grad_ref).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
@@ -203,9 +229,7 @@ def test_erf_gate_closed_form_with_actor_temperatures(mode: str) -> None:
     df = torch.exp(-0.5 * tau**2 * (r.detach() - 1) ** 2)
     by_hand = torch.where(m, -df * r.detach() * adv * w, torch.zeros((), dtype=torch.float64))
     _close(grad, by_hand)
-    # EUR with every response its own group: mean over non-empty rows of the token-mean of f'.
-    per_row = (df * m).sum(1)[m.any(1)] / m.sum(1)[m.any(1)]
-    assert metrics["gate/eur"] == pytest.approx(per_row.mean().item(), abs=1e-12)
+    assert metrics["gate/soft_clip_frac"] == pytest.approx((df[m] < 0.5).double().mean().item(), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -306,40 +330,53 @@ def test_compute_score_for_verl_reward_manager() -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_through_verl_ppo_loss_equals_sapo() -> None:
+def _actor_data(old: Any, adv: Any, response_mask: Any, uids: list[str] | None, *, prompt_len: int = 3,
+                global_batch_size: int | None = None) -> Any:
+    """The micro-batch TensorDict verl's actor hands its loss function (no-padding layout, verl's keys)."""
     from tensordict import TensorDict
+    from tensordict.tensorclass import NonTensorData, NonTensorStack
     from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.losses import ppo_loss
 
-    P, R = 3, 5
-    resp_len = torch.tensor([5, 3, 4, 2])
-    n = len(resp_len)
-    response_mask = torch.arange(R)[None] < resp_len[:, None]
+    n, width = response_mask.shape
+    fields: dict[str, Any] = {
+        "prompts": torch.ones(n, prompt_len, dtype=torch.long), "responses": torch.ones(n, width, dtype=torch.long),
+        "attention_mask": torch.cat([torch.ones(n, prompt_len, dtype=torch.long), response_mask.long()], 1),
+        "response_mask": response_mask.long(), "old_log_probs": old, "advantages": adv,
+    }
+    if uids is not None:  # as DataProto.to_tensordict carries non_tensor_batch["uid"]
+        fields["uid"] = NonTensorStack.from_list([NonTensorData(u) for u in uids])
+    data = TensorDict(fields, batch_size=[n])
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=int(response_mask.sum()),
+                         global_batch_size=n if global_batch_size is None else global_batch_size)
+    return data
+
+
+def _packed(logp: Any, response_mask: Any, prompt_len: int = 3) -> Any:
+    """verl's no-padding log-probs: one row of P + |o_i| positions per sequence, response log-probs shifted left
+    by one (position P - 1 predicts the first response token)."""
+    rows = []
+    for i, k in enumerate(response_mask.sum(1).tolist()):
+        rows.append(torch.cat([logp.new_zeros(prompt_len - 1), logp[i, :k], logp.new_zeros(1)]))
+    return torch.cat(rows)
+
+
+def test_through_verl_ppo_loss_equals_sapo() -> None:
+    from verl.workers.utils.losses import ppo_loss  # softgate's, installed on import (it wraps verl's)
+
+    assert ppo_loss is sv.ppo_loss
+    R = 5
+    response_mask = torch.arange(R)[None] < torch.tensor([5, 3, 4, 2])[:, None]
+    n = response_mask.shape[0]
     g = torch.Generator().manual_seed(7)
     logp = -torch.rand(n, R, generator=g, dtype=torch.float64)
     old = logp + 0.3 * torch.randn(n, R, generator=g, dtype=torch.float64)
     adv = torch.tensor([0.7, -1.2, 0.4, -0.3], dtype=torch.float64)[:, None].expand(n, R).contiguous()
-
-    def packed(lp: Any) -> Any:
-        # verl's no-padding layout: one row of P + |o_i| positions per sequence, response log-probs shifted left
-        # by one (position P - 1 predicts the first response token).
-        rows = []
-        for i in range(n):
-            k = int(resp_len[i])
-            rows.append(torch.cat([lp.new_zeros(P - 1), lp[i, :k], lp.new_zeros(1)]))
-        return torch.cat(rows)
-
     results = {}
     for mode in ("sapo", "softgate_sigmoid"):
         lp = logp.clone().requires_grad_(True)
         config = _config(mode, loss_agg_mode="seq-mean-token-mean")
-        data = TensorDict({
-            "prompts": torch.ones(n, P, dtype=torch.long), "responses": torch.ones(n, R, dtype=torch.long),
-            "attention_mask": torch.cat([torch.ones(n, P, dtype=torch.long), response_mask.long()], 1),
-            "response_mask": response_mask.long(), "old_log_probs": old, "advantages": adv,
-        }, batch_size=[n])
-        tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=int(response_mask.sum()), global_batch_size=n)
-        loss, metrics = ppo_loss(config, {"log_probs": packed(lp)}, data)
+        data = _actor_data(old, adv, response_mask, ["p0", "p0", "p1", "p1"])
+        loss, metrics = ppo_loss(config, {"log_probs": _packed(lp, response_mask)}, data)
         (grad,) = torch.autograd.grad(loss, lp)
         results[mode] = (loss.detach(), grad, {k: v.aggregate() for k, v in metrics.items()})
     _close(results["softgate_sigmoid"][0], results["sapo"][0])
@@ -348,6 +385,49 @@ def test_through_verl_ppo_loss_equals_sapo() -> None:
     for key in ("actor/pg_loss", "actor/ppo_kl", "gate/eur", "gate/soft_clip_frac", "gate/ratio_p50",
                 "gate/clamped"):
         assert key in ours and math.isfinite(ours[key]), key
+    assert "gate/eur" not in results["sapo"][2]  # other loss modes pass through unchanged
+
+
+def test_eur_is_eq12_across_micro_batches() -> None:
+    """One prompt (one uid), two responses in two micro-batches of one mini-batch: 1 token with f' = 0 (A > 0,
+    r = e beyond the clip) and 9 tokens with f' = 1 (r = 1). Eq. 12 gives 0.9, reported once, on the last
+    micro-batch; the per-response mean of before gave 0.5."""
+    from verl.utils import tensordict_utils as tu
+
+    response_mask = torch.arange(9)[None] < torch.tensor([1, 9])[:, None]
+    logp = -torch.rand(2, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    old = logp - torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    adv = torch.tensor([[1.0], [-1.0]], dtype=torch.float64).expand(2, 9).contiguous()
+    config = _config("softgate_clip", loss_agg_mode="token-mean")
+    mini_batch = _actor_data(old, adv, response_mask, ["prompt-0", "prompt-0"], global_batch_size=2)
+    reported = []
+    for i, micro in enumerate(tu.chunk_tensordict(mini_batch, 2)):
+        _, metrics = sv.ppo_loss(config, {"log_probs": _packed(logp[i:i + 1], response_mask[i:i + 1])}, micro)
+        reported.append(metrics.get("gate/eur"))
+    assert reported[0] is None
+    assert reported[1].aggregate() == pytest.approx(0.9, abs=1e-12)
+    # Two groups in one micro-batch: the mean over groups of each group's token-weighted mean f'.
+    one = _actor_data(old, adv, response_mask, ["a", "b"])
+    _, metrics = sv.ppo_loss(config, {"log_probs": _packed(logp, response_mask)}, one)
+    assert metrics["gate/eur"].aggregate() == pytest.approx(0.5, abs=1e-12)
+
+
+def test_the_actor_loss_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verl's worker builds its actor loss from ``verl.workers.engine_workers.ppo_loss`` (imported by name):
+    installing rebinds it there too when that module is loaded first, and is idempotent."""
+    import types
+
+    from verl.workers.utils import losses
+
+    workers = types.ModuleType("verl.workers.engine_workers")
+    workers.ppo_loss = sv.ppo_loss.verl_ppo_loss
+    monkeypatch.setitem(sys.modules, "verl.workers.engine_workers", workers)
+    sv.install_actor_loss()
+    sv.install_actor_loss()
+    assert workers.ppo_loss is sv.ppo_loss and losses.ppo_loss is sv.ppo_loss
+    assert sv.ppo_loss.verl_ppo_loss.__module__ == "verl.workers.utils.losses"
+    # The same label in every process (a fixed hash, not Python's per-process salted hash()).
+    assert sv.uid_labels(["x", "x", "y"]).tolist() == [UID_X, UID_X, UID_Y]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -392,7 +472,7 @@ def test_softgate_policy_loss_config_from_the_command_line() -> None:
     assert actor.policy_loss.softgate_level == "sequence-token"
     assert dict(actor.policy_loss.softgate_gate_params) == {"nu": 2.0}
     loss, _, metrics = _call("softgate_student", _batch(), "seq-mean-token-mean", _with_info(actor, None))
-    assert math.isfinite(loss.item()) and 0 < metrics["gate/eur"] <= 1
+    assert math.isfinite(loss.item()) and 0 <= metrics["gate/soft_clip_frac"] <= 1
 
 
 def test_verl_walkthrough_names_are_real() -> None:

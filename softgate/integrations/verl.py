@@ -53,7 +53,9 @@ verl's prompt ids, so ``gate/eur`` counts every response as its own group.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import hashlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,7 +64,9 @@ from torch import Tensor
 try:
     import verl
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
+    from verl.utils.metric import AggregationType, Metric
     from verl.workers.config import PolicyLossConfig
+    from verl.workers.utils import losses as verl_losses
 except ImportError as err:  # pragma: no cover - exercised only without verl
     raise ImportError(
         "softgate.integrations.verl needs verl 0.9.1: pip install 'softgate[verl]' "
@@ -79,8 +83,9 @@ if verl.__version__ not in SUPPORTED_VERL_VERSIONS:
 
 from softgate import gates as gates_mod
 from softgate.aggregate import AggMode
-from softgate.integrations.common import compute_score
-from softgate.losses import LEVELS, Level, compute_dtype, policy_loss
+from softgate.diagnostics import loss_stats
+from softgate.integrations.common import DualClipGate, StepEUR, compute_score
+from softgate.losses import LEVELS, Level, LossOptions, compute_dtype, policy_loss_terms
 
 __all__ = [
     "AGG_MODE_MAP",
@@ -88,9 +93,12 @@ __all__ = [
     "SUPPORTED_VERL_VERSIONS",
     "SoftGatePolicyLossConfig",
     "compute_score",
+    "install_actor_loss",
     "loss_name",
     "make_policy_loss",
+    "ppo_loss",
     "register_all",
+    "uid_labels",
     "verl_normalizer",
 ]
 
@@ -228,6 +236,10 @@ def make_policy_loss(gate_name: str) -> Callable[..., tuple[Tensor, dict[str, An
                 "eps_low": _get(config, "clip_ratio_low", clip_ratio),
                 "eps_high": _get(config, "clip_ratio_high", clip_ratio)}
         gate = gates_mod.make_accepted(gate_name, host, _get(loss_cfg, "softgate_gate_params", {}))
+        if gate_name == "clip" and level == "token":
+            # verl's vanilla loss: dual clip at clip_ratio_c (3 when the config lacks it), as its own default.
+            # (verl's gspo, the clip gate at the sequence levels, has none.)
+            gate = DualClipGate(**gate.params, ratio_cap=float(_get(config, "clip_ratio_c", 3.0)))
         mask_BT = response_mask.bool()
         agg, z = verl_normalizer(loss_agg_mode, mask_BT, _get(config, "global_batch_info", {}))
 
@@ -239,12 +251,12 @@ def make_policy_loss(gate_name: str) -> Callable[..., tuple[Tensor, dict[str, An
             # verl stores the GRPO advantage broadcast over the response; the sequence level wants one per row.
             adv = _row_constant(adv, mask_BT)
 
-        loss, stats = policy_loss(
-            log_prob, old_log_prob, adv, mask_BT, gate,
-            level=level, agg=agg, normalizer=z,
-            log_ratio_bound=float(_get(loss_cfg, "softgate_log_ratio_bound", 20.0)),
-            soft_clip_threshold=float(_get(loss_cfg, "softgate_soft_clip_threshold", 0.5)),
-        )
+        options = LossOptions(level=level, agg=agg,
+                              log_ratio_bound=float(_get(loss_cfg, "softgate_log_ratio_bound", 20.0)))
+        loss, terms = policy_loss_terms(log_prob, old_log_prob, adv, mask_BT, gate, options, normalizer=z)
+        stats = loss_stats(terms, soft_clip_threshold=float(_get(loss_cfg, "softgate_soft_clip_threshold", 0.5)))
+        if _STEP.labels is not None:  # called from ppo_loss, which knows the groups (uid)
+            _STEP.eur.add(terms.df, mask_BT, _STEP.labels)
         return loss, _verl_metrics(stats, log_prob, old_log_prob, mask_BT)
 
     softgate_policy_loss.__name__ = f"compute_policy_loss_{LOSS_PREFIX}{gate_name}"
@@ -272,7 +284,6 @@ def _row_constant(adv_BT: Tensor, mask_BT: Tensor) -> Tensor:
 
 # Gate statistics reported to verl (all aggregated by verl as a mean over micro-batches and ranks).
 _STAT_KEYS = {
-    "eur": "gate/eur",
     "soft_clip_frac": "gate/soft_clip_frac",
     "ratio_mean": "gate/ratio_mean",
     "ratio_p05": "gate/ratio_p05",
@@ -300,6 +311,75 @@ def _verl_metrics(stats: dict[str, Tensor], log_prob: Tensor, old_log_prob: Tens
         return dict(zip(names, values.tolist(), strict=True))
 
 
+# ------------------------------------------------------------------------------------------------------------
+# EUR (Eq. 12) per mini-batch: the groups are verl's uid, which only the actor loss sees
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _StepGroups:
+    """What :func:`ppo_loss` and the softgate policy losses share within one verl actor (one process)."""
+
+    def __init__(self) -> None:
+        self.eur = StepEUR()  # per-group sums of the current mini-batch's micro-batches
+        self.labels: Tensor | None = None  # the group of each row of the micro-batch being computed
+        self.rows = 0  # rows of the current mini-batch seen on this rank
+
+
+_STEP = _StepGroups()
+
+
+def uid_labels(uids: Sequence[Any]) -> Tensor:
+    """int64 group labels from verl's ``uid`` strings, equal on every process (a hash, not Python's salted one).
+
+    Shapes: [B] objects -> [B] int64
+    """
+    return torch.tensor([int.from_bytes(hashlib.blake2b(str(u).encode(), digest_size=8).digest(), "little",
+                                        signed=True) for u in uids], dtype=torch.int64)
+
+
+# verl's own actor loss (also when this module runs again after install_actor_loss rebound the name).
+_verl_ppo_loss = getattr(verl_losses.ppo_loss, "verl_ppo_loss", verl_losses.ppo_loss)
+
+
+def ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> tuple[Tensor, dict[str, Any]]:
+    """verl's actor loss (``verl.workers.utils.losses.ppo_loss``) with the paper's EUR (Eq. 12) as ``gate/eur``.
+
+    verl hands the policy loss padded tensors only; the prompt groups (``non_tensor_batch["uid"]``) are in the
+    micro-batch ``data`` this function receives. It labels the rows for the softgate policy loss, which adds each
+    group's sum of f' and token count to the mini-batch's sums; on the mini-batch's last micro-batch (this rank's
+    rows reach ``global_batch_size / dp_size``: verl splits every mini-batch evenly over data-parallel ranks) the
+    sums are gathered over ``dp_group`` and ``gate/eur`` is reported once, the same on every rank. Other loss modes,
+    and batches without ``uid`` (no ``gate/eur`` then), pass through unchanged.
+    """
+    uids = data["uid"] if "uid" in data.keys() else None
+    _STEP.labels = None if uids is None else uid_labels(list(uids))
+    added = len(_STEP.eur)
+    try:
+        loss, metrics = _verl_ppo_loss(config, model_output, data, dp_group)
+    finally:
+        _STEP.labels = None
+    if len(_STEP.eur) > added:
+        _STEP.rows += len(data)
+        global_rows, dp_size = data["global_batch_size"], data["dp_size"] or 1
+        if global_rows is None or _STEP.rows >= int(global_rows) // int(dp_size):
+            _STEP.rows = 0
+            metrics["gate/eur"] = Metric(AggregationType.MEAN, _STEP.eur.compute(dp_group).item())
+    return loss, metrics
+
+
+ppo_loss.verl_ppo_loss = _verl_ppo_loss  # type: ignore[attr-defined]
+
+
+def install_actor_loss() -> None:
+    """Make verl's actor call :func:`ppo_loss`: rebind ``ppo_loss`` in ``verl.workers.utils.losses`` and in
+    ``verl.workers.engine_workers`` (which imports it by name and builds the actor's loss function from it in
+    ``init_model``, after the worker imports this module). Idempotent; done on import."""
+    verl_losses.ppo_loss = ppo_loss
+    workers = sys.modules.get("verl.workers.engine_workers")
+    if workers is not None and getattr(workers, "ppo_loss", None) is not None:
+        workers.ppo_loss = ppo_loss
+
+
 def register_all() -> list[str]:
     """Register ``softgate_<gate>`` in verl's policy-loss registry for every softgate gate; returns the names.
 
@@ -319,3 +399,4 @@ def register_all() -> list[str]:
 
 
 REGISTERED: list[str] = register_all()
+install_actor_loss()
