@@ -10,7 +10,9 @@ default, ``softgate.gates.defaults``):
 
 - temperatures: ``actor_rollout_ref.actor.tau_pos`` / ``tau_neg``, the fields verl's own ``sapo`` loss reads (verl's
   actor config defaults them to SAPO's 1.0 / 1.05: set them, e.g. to the paper's best 10 / 12);
-- the ``clip`` gate's trust region: ``actor.clip_ratio_low`` / ``clip_ratio_high`` (``clip_ratio`` when unset);
+- the ``clip`` gate's trust region: ``actor.clip_ratio_low`` / ``clip_ratio_high`` (``clip_ratio`` when unset), and
+  at the token level verl's dual clip ``actor.clip_ratio_c`` (default 3: for A < 0 the ratio is capped there, as in
+  verl's ``vanilla`` loss; verl's ``gspo``, the clip gate at the sequence levels, has none);
 - aggregation: ``actor.loss_agg_mode``, honoured (unlike verl's ``sapo``, which always uses seq-mean-token-mean);
 - optional extras (ratio level, other gate parameters such as the student gate's ``nu``, the log-ratio clamp):
   fields of :class:`SoftGatePolicyLossConfig`, selected with
@@ -44,10 +46,15 @@ non-negative and detached, and a gate depends on the advantage only through its 
 ``level="sequence"``, which needs one advantage per sequence, the weights must be constant along each row.)
 
 Metrics returned to verl (floats; verl averages them over micro-batches and data-parallel ranks):
-``actor/pg_clipfrac`` (fraction of tokens with f' = 0, PPO's clip fraction for ``softgate_clip``),
-``actor/ppo_kl`` (verl's k1), ``gate/eur``, ``gate/soft_clip_frac``, ``gate/ratio_mean``, ``gate/ratio_p05``,
-``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``, ``gate/clamped``. The loss function does not see
-verl's prompt ids, so ``gate/eur`` counts every response as its own group.
+``actor/pg_clipfrac`` (fraction of tokens with f' = 0: for ``softgate_clip`` verl's ``pg_clipfrac`` plus
+``pg_clipfrac_lower``), ``actor/ppo_kl`` (verl's k1), ``gate/soft_clip_frac``, ``gate/ratio_mean``,
+``gate/ratio_p05``, ``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``, ``gate/clamped``.
+
+``gate/eur`` is the paper's Eq. 12 exactly, once per mini-batch (one optimizer step): the groups are verl's
+``uid`` (the responses of one prompt), which verl does not pass to policy losses. The actor loss receives them, so
+this module wraps it (:func:`ppo_loss`, installed in place of ``verl.workers.utils.losses.ppo_loss`` on import):
+it labels each micro-batch's rows, the policy loss adds per-group sums of f' and token counts, and the last
+micro-batch of the mini-batch gathers them over the data-parallel group and reports the ratio.
 """
 
 from __future__ import annotations
