@@ -5,7 +5,7 @@ Usage::
     from softgate.integrations.trl import SoftGateGRPOConfig, SoftGateGRPOTrainer
 
     args = SoftGateGRPOConfig(output_dir="out", softgate_gate="erf", softgate_tau_pos=10.0, softgate_tau_neg=12.0,
-                              num_iterations=2, ...)            # every other field is TRL's GRPOConfig
+                              softgate_agg="seq-mean-token-mean", num_iterations=2, ...)  # and any GRPOConfig field
     trainer = SoftGateGRPOTrainer(model=..., reward_funcs=[...], args=args, train_dataset=...)
     trainer.train()
 
@@ -43,7 +43,8 @@ Metrics added to TRL's log (``self._metrics``): ``gate/eur``, the paper's Eq. 12
 (per group numerators and denominators summed over the step's micro-batches and all processes before the ratio;
 groups are TRL's, tagged at generation, see :meth:`SoftGateGRPOTrainer._generate_and_score_completions`); averaged
 over processes: ``gate/soft_clip_frac``, ``gate/hard_clip_frac``, ``gate/ratio_mean``, ``gate/ratio_p05``,
-``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``; ``gate/clamped`` (summed over processes), and ``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
+``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``; ``gate/clamped`` (summed over processes), and
+``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ class SoftGateGRPOConfig(GRPOConfig):
                              f"{', '.join(gates_mod.names())}")
         if self.delta is not None and self.softgate_gate != "clip":
             raise ValueError(f"delta={self.delta} is TRL's two-sided clip, which softgate implements for the clip "
-                             f"gate only; softgate_gate={self.softgate_gate!r}: unset delta or use softgate_gate='clip'")
+                             f"gate only; softgate_gate={self.softgate_gate!r}: unset delta or use the clip gate")
         # Build the gate once here so that a bad temperature fails at configuration time, naming the field.
         try:
             temperatures = self.softgate_gate_object().temperatures
