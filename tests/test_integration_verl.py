@@ -406,6 +406,10 @@ def test_eur_is_eq12_across_micro_batches() -> None:
         reported.append(metrics.get("gate/eur"))
     assert reported[0] is None
     assert reported[1].aggregate() == pytest.approx(0.9, abs=1e-12)
+    # A forward-only pass (verl's infer_batch, under no_grad) is no optimizer step: nothing accumulates.
+    with torch.no_grad():
+        _, metrics = sv.ppo_loss(config, {"log_probs": _packed(logp, response_mask)}, mini_batch)
+    assert "gate/eur" not in metrics and len(sv._STEP.eur) == 0
     # Two groups in one micro-batch: the mean over groups of each group's token-weighted mean f'.
     one = _actor_data(old, adv, response_mask, ["a", "b"])
     _, metrics = sv.ppo_loss(config, {"log_probs": _packed(logp, response_mask)}, one)

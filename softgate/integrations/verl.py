@@ -356,9 +356,10 @@ def ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) ->
     group's sum of f' and token count to the mini-batch's sums; on the mini-batch's last micro-batch (this rank's
     rows reach ``global_batch_size / dp_size``: verl splits every mini-batch evenly over data-parallel ranks) the
     sums are gathered over ``dp_group`` and ``gate/eur`` is reported once, the same on every rank. Other loss modes,
-    and batches without ``uid`` (no ``gate/eur`` then), pass through unchanged.
+    batches without ``uid`` and forward-only passes (no ``gate/eur`` then) pass through unchanged.
     """
-    uids = data["uid"] if "uid" in data.keys() else None
+    # Training passes only: a forward-only pass (verl's infer_batch runs the loss under no_grad) is no update step.
+    uids = data["uid"] if "uid" in data.keys() and torch.is_grad_enabled() else None
     _STEP.labels = None if uids is None else uid_labels(list(uids))
     added = len(_STEP.eur)
     try:
