@@ -72,12 +72,15 @@ class SkippedRow:
 
 
 class Examples(list):
-    """A ``list[Example]`` that also carries the rows skipped while loading (empty unless ``skip_invalid``)."""
+    """A ``list[Example]`` that also carries the rows skipped while loading (empty unless ``skip_invalid``) and
+    the number of rows dropped for repeating an earlier row's id (0 unless ``dedupe``)."""
 
-    def __init__(self, items: Sequence[Example] = (), skipped: Sequence[SkippedRow] = (), origin: str = ""):
+    def __init__(self, items: Sequence[Example] = (), skipped: Sequence[SkippedRow] = (), origin: str = "",
+                 duplicates: int = 0):
         super().__init__(items)
         self.skipped: tuple[SkippedRow, ...] = tuple(skipped)
         self.origin = origin
+        self.duplicates = duplicates
 
 
 class DataError(ValueError):
@@ -226,19 +229,10 @@ def iter_records(
         )
     kind = FILE_FORMATS.get(path.suffix.lower())
     if kind == "jsonl":
-        with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue  # blank lines (e.g. a trailing newline) are not records
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield f"{path}: line {lineno}", _BadRecord(f"invalid JSON ({err.msg} at column {err.colno})")
-                    continue
-                yield f"{path}: line {lineno}", row
+        yield from _iter_jsonl(path)
     elif kind == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
         if isinstance(data, dict):  # {"data": [...]} / {"rows": [...]} wrappers are common
@@ -255,11 +249,40 @@ def iter_records(
             import pyarrow.parquet as pq
         except ImportError:
             raise ImportError(f"reading {path} needs pyarrow: pip install 'softgate[data]'") from None
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError; a truncated file an OSError
+            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())})") from None
         for i, row in enumerate(table.to_pylist()):
             yield f"{path}: row {i}", row
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); JSON data must be UTF-8 "
+                        "(a binary file?)") from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as fh:  # bytes, so that a decoding error can name its line
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: line {lineno}: not UTF-8 text ({err.reason} at byte {err.start} of the "
+                                "line); JSONL data must be UTF-8 (a binary file?)") from None
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing newline) are not records
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield f"{path}: line {lineno}", _BadRecord(f"invalid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield f"{path}: line {lineno}", row
 
 
 def _iter_hf(name: str, *, split: str | None, config: str | None) -> Iterator[tuple[str, Any]]:
@@ -317,6 +340,7 @@ def load_records(
     split: str | None = None,
     hf_config: str | None = None,
     skip_invalid: bool = False,
+    dedupe: bool = False,
     limit: int | None = None,
 ) -> Examples:
     """Read ``source`` and turn each record into an :class:`Example` with ``parse_row(row, index)``.
@@ -324,24 +348,38 @@ def load_records(
     ``parse_row`` raises :class:`RowError` for a bad row (missing/malformed field). Without ``skip_invalid`` that
     becomes a :class:`DataError` naming the file, line/row and field; with it the row is recorded in
     ``Examples.skipped`` and one warning with the count is logged. An empty result is an error either way.
+
+    Ids must be unique (an evaluation reports per problem, and two problems under one id would be merged): a
+    repeated id is a :class:`DataError` naming the row, the id and where it first appeared; with ``dedupe`` the
+    first row of each id is kept, and the count of dropped rows is in ``Examples.duplicates`` and one warning.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
     examples: list[Example] = []
     skipped: list[SkippedRow] = []
-    index = 0
+    first_seen: dict[str, str] = {}  # id -> location of its first row
+    index = duplicates = 0
     for location, row in iter_records(source, split=split, hf_config=hf_config):
         try:
             if isinstance(row, _BadRecord):
                 raise RowError(row.reason)
             if not isinstance(row, Mapping):
                 raise RowError(f"expected an object with named fields, got {type(row).__name__}")
-            examples.append(parse_row(row, index))
+            example = parse_row(row, index)
         except RowError as err:
             if not skip_invalid:
                 raise DataError(f"{location}: {err}") from None
             skipped.append(SkippedRow(location, str(err)))
+            example = None
         index += 1
+        if example is not None and example.id in first_seen:
+            if not dedupe:
+                raise DataError(f"{location}: duplicate id {example.id!r} (first at {first_seen[example.id]}); ids "
+                                "must be unique: fix the file, or keep the first row of each id (--dedupe)")
+            duplicates += 1
+        elif example is not None:
+            first_seen[example.id] = location
+            examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
     if skipped:
@@ -349,10 +387,12 @@ def load_records(
             "%s: skipped %d invalid row(s) of %d (first: %s: %s)",
             source, len(skipped), index, skipped[0].location, skipped[0].reason,
         )
+    if duplicates:
+        logger.warning("%s: dropped %d row(s) whose id repeats an earlier row's", source, duplicates)
     if not examples:
         note = f" ({len(skipped)} invalid row(s) skipped)" if skipped else ""
         raise DataError(f"{source}: no usable examples{note}")
-    return Examples(examples, skipped, origin=str(source))
+    return Examples(examples, skipped, origin=str(source), duplicates=duplicates)
 
 
 def row_id(row: Mapping[str, Any], id_column: str | None, source: str, index: int) -> str:
@@ -360,6 +400,24 @@ def row_id(row: Mapping[str, Any], id_column: str | None, source: str, index: in
     if id_column and id_column in row and row[id_column] is not None:
         return str(row[id_column])
     return f"{source}:{index}"
+
+
+def question_answer_parser(source: str, cols: Mapping[str, str],
+                           meta_columns: Sequence[str] = ()) -> RowParser:
+    """Row parser for datasets whose answer column is the final answer itself: ``question`` and ``answer`` roles
+    required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present. When ``cols`` has a ``source``
+    role and the row a non-empty value there, that value is the example's source (per-source breakdowns of an
+    evaluation), else ``source``."""
+
+    def parse(row: Mapping[str, Any], index: int) -> Example:
+        question = get_field(row, cols["question"], "question")
+        answer = get_field(row, cols["answer"], "answer")
+        meta = {k: row[k] for k in meta_columns if k in row}
+        origin = row.get(cols["source"]) if "source" in cols else None
+        origin = str(origin).strip() if origin is not None and str(origin).strip() else source
+        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), origin, meta)
+
+    return parse
 
 
 def merge_columns(defaults: Mapping[str, str], columns: Mapping[str, str] | None) -> dict[str, str]:

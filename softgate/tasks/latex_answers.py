@@ -13,24 +13,9 @@ on the ``<answer>`` content, falling back to the last ``\\boxed{...}``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-from softgate.tasks.base import Example, Examples, Task, get_field, load_records, merge_columns, row_id
-
-
-def question_answer_parser(source: str, cols: Mapping[str, str],
-                           meta_columns: Sequence[str] = ()) -> Callable[[Mapping[str, Any], int], Example]:
-    """Row parser for datasets whose answer column is the final answer itself: ``question`` and ``answer`` roles
-    required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present."""
-
-    def parse(row: Mapping[str, Any], index: int) -> Example:
-        question = get_field(row, cols["question"], "question")
-        answer = get_field(row, cols["answer"], "answer")
-        meta = {k: row[k] for k in meta_columns if k in row}
-        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), source, meta)
-
-    return parse
+from softgate.tasks.base import Examples, Task, load_records, merge_columns, question_answer_parser
 
 
 def latex_answer_task(name: str, hf_name: str, default_columns: Mapping[str, str], meta_columns: Sequence[str],
@@ -45,12 +30,13 @@ def latex_answer_task(name: str, hf_name: str, default_columns: Mapping[str, str
         split: str | None = None,
         columns: Mapping[str, str] | None = None,
         skip_invalid: bool = False,
+        dedupe: bool = False,
         limit: int | None = None,
         hf_config: str | None = None,
     ) -> Examples:
         parse = question_answer_parser(name, merge_columns(default_columns, columns), meta_columns)
         return load_records(source, parse, split=split or default_split, hf_config=hf_config,
-                            skip_invalid=skip_invalid, limit=limit)
+                            skip_invalid=skip_invalid, dedupe=dedupe, limit=limit)
 
     load.__name__ = load.__qualname__ = f"load_{name}"
     load.__doc__ = f"{name} examples; ``columns`` maps the roles ``question``, ``answer`` and ``id``."
