@@ -390,7 +390,7 @@ def load_records(
     if duplicates:
         logger.warning("%s: dropped %d row(s) whose id repeats an earlier row's", source, duplicates)
     if not examples:
-        note = f" ({len(skipped)} invalid row(s) skipped)" if skipped else ""
+        note = f" ({len(skipped)} invalid row(s) skipped)" if skipped else "" if index else " (it holds no records)"
         raise DataError(f"{source}: no usable examples{note}")
     return Examples(examples, skipped, origin=str(source), duplicates=duplicates)
 
@@ -402,22 +402,43 @@ def row_id(row: Mapping[str, Any], id_column: str | None, source: str, index: in
     return f"{source}:{index}"
 
 
-def question_answer_parser(source: str, cols: Mapping[str, str],
-                           meta_columns: Sequence[str] = ()) -> RowParser:
-    """Row parser for datasets whose answer column is the final answer itself: ``question`` and ``answer`` roles
-    required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present. When ``cols`` has a ``source``
-    role and the row a non-empty value there, that value is the example's source (per-source breakdowns of an
-    evaluation), else ``source``."""
+def question_answer_task(name: str, default_columns: Mapping[str, str], *, meta_columns: Sequence[str] = (),
+                         extract: tuple[str, ...] = ("answer",), default_split: str | None = None,
+                         default_hf: tuple[str, ...] = ()) -> Task:
+    """A task over rows holding a question and its final answer (MATH500, DeepMath, any file via ``fields``).
 
-    def parse(row: Mapping[str, Any], index: int) -> Example:
+    ``default_columns`` maps the roles ``question``, ``answer``, ``id`` and optionally ``source`` to column names
+    (the loader's ``columns=`` overrides them); ``meta_columns`` are kept in ``meta``; ``default_split`` is the
+    Hugging Face split read when none is given. An example's source is its row's ``source`` value when that role
+    is mapped and the row has one (per-source breakdowns of an evaluation), else ``name``. Answers that the fast
+    path cannot decide go to math-verify (``symbolic=True``).
+    """
+
+    def parse(row: Mapping[str, Any], index: int, cols: Mapping[str, str]) -> Example:
         question = get_field(row, cols["question"], "question")
         answer = get_field(row, cols["answer"], "answer")
         meta = {k: row[k] for k in meta_columns if k in row}
         origin = row.get(cols["source"]) if "source" in cols else None
-        origin = str(origin).strip() if origin is not None and str(origin).strip() else source
-        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), origin, meta)
+        origin = str(origin).strip() if origin is not None and str(origin).strip() else name
+        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], name, index), origin, meta)
 
-    return parse
+    def load(
+        source: str | os.PathLike[str],
+        *,
+        split: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        skip_invalid: bool = False,
+        dedupe: bool = False,
+        limit: int | None = None,
+        hf_config: str | None = None,
+    ) -> Examples:
+        cols = merge_columns(default_columns, columns)
+        return load_records(source, lambda row, index: parse(row, index, cols), split=split or default_split,
+                            hf_config=hf_config, skip_invalid=skip_invalid, dedupe=dedupe, limit=limit)
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = f"{name} examples; ``columns`` maps the roles {', '.join(map(repr, default_columns))}."
+    return Task(name=name, extract=extract, symbolic=True, loader=load, default_hf=default_hf)
 
 
 def merge_columns(defaults: Mapping[str, str], columns: Mapping[str, str] | None) -> dict[str, str]:
