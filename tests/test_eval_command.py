@@ -206,3 +206,28 @@ def test_bad_input_with_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
         main(["--debug", "eval", "--model", "embedded:tiny", "--task", "synthetic", "--batch-size", "0",
               "--out", str(tmp_path)])
+
+
+def test_progress_ticks_per_batch_with_tokens_per_s(tiny_random_model, monkeypatch):
+    import io
+    import sys
+
+    from softgate.evaluation import evaluate_policy
+    from softgate.modeling import load_model_and_tokenizer
+    from softgate.tasks import get_task
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    model, tokenizer = load_model_and_tokenizer(tiny_random_model)
+    task = get_task("synthetic")
+    examples = task.load("test", n=6)
+    for progress in (True, False):
+        err = Terminal()
+        monkeypatch.setattr(sys, "stderr", err)
+        result = evaluate_policy(model, tokenizer, task, examples, batch_size=2, max_new_tokens=3,
+                                 progress=progress)
+        ticks = [line for line in err.getvalue().split("\r") if "tok/s" in line]
+        assert len({t.split("|")[2].split("[")[0] for t in ticks}) == (3 if progress else 0)  # 2/6, 4/6, 6/6
+    assert result.summary["generated_tokens"] == sum(r["length"] for r in result.records)
