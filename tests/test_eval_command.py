@@ -192,7 +192,12 @@ def _bad_inputs(model: str, tmp_path):
 
 
 def test_every_bad_input_is_one_line_and_exit_2(tiny_random_model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing goes to the network, whatever the machine has
+    import huggingface_hub.constants
+
+    # Nothing goes to the network, whatever the machine has: the variable for anything imported from now on, the
+    # constant for huggingface_hub, which read the variable when it was imported.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for case, argv, expected in _bad_inputs(tiny_random_model, tmp_path):
         code = main(["eval", *argv, "--out", str(tmp_path / "out")])
         captured = capsys.readouterr()
