@@ -199,6 +199,7 @@ class Task:
             [e for part in parts for e in part],
             [s for part in parts for s in part.skipped],
             origin="+".join(p.origin for p in parts),
+            duplicates=sum(p.duplicates for p in parts),
         )
 
 
