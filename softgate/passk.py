@@ -6,9 +6,11 @@ Conventions. An evaluation has ``m`` items (problems) with ``n_i`` samples each.
 sample ``j`` of item ``i`` is right.
 
 - pass@1 is the mean over items of the per-item fraction correct (with one sample per item: plain accuracy).
-  Its 95% interval is the Wilson score interval when every item has one sample (a binomial proportion over
-  independent problems), else a percentile bootstrap over items (samples of one problem are not independent, so
-  pooling them into one binomial would understate the width).
+  Its 95% interval is the Wilson score interval of that mean over an effective number of problems
+  (``softgate.intervals.effective_problems``): exactly the binomial Wilson interval with one sample per item; with
+  several, between ``m`` problems and all samples depending on how much the samples of one problem agree (they
+  are not independent, so pooling them into one binomial would understate the width). It never collapses to a
+  point: all-wrong on 20 problems gives [0, 16.1%] whatever the number of samples. See docs/eval.md.
 - pass@k uses the unbiased estimator of Chen et al. 2021 (Codex paper, Eq. 1):
   ``pass@k = E_items[1 - C(n - c, k) / C(n, k)]`` with ``c`` correct of ``n`` samples, computed as a product so
   that large ``n`` does not overflow.
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from softgate.grading import as_number, normalize_answer
-from softgate.intervals import DEFAULT_CONFIDENCE, MeanCI, bootstrap_mean_ci, wilson_interval
+from softgate.intervals import DEFAULT_CONFIDENCE, MeanCI, effective_problems, wilson_interval
 
 __all__ = [
     "EvalSummary",
@@ -74,22 +76,23 @@ def _check_ragged(correct: Sequence[Sequence[bool]]) -> None:
             raise ValueError(f"item {i} has no samples")
 
 
-def pass_at_1(correct: Sequence[Sequence[bool]], *, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> MeanCI:
-    """pass@1 (mean over items of the fraction of correct samples) with its confidence interval.
-
-    One sample per item: Wilson score interval. Several: percentile bootstrap over items of the per-item fraction
-    (``softgate.intervals.bootstrap_mean_ci``, deterministic given ``seed``).
-    """
+def _pass_at_1(correct: Sequence[Sequence[bool]], confidence: float) -> tuple[MeanCI, float]:
+    """pass@1 with its interval, and the effective number of problems the interval counts."""
     _check_ragged(correct)
     m = len(correct)
     if m == 0:
-        return MeanCI(math.nan, math.nan, math.nan, 0)
-    if all(len(row) == 1 for row in correct):
-        successes = sum(bool(row[0]) for row in correct)
-        low, high = wilson_interval(successes, m, confidence)
-        return MeanCI(successes / m, low, high, m)
+        return MeanCI(math.nan, math.nan, math.nan, 0), 0.0
     per_item = [sum(map(bool, row)) / len(row) for row in correct]
-    return bootstrap_mean_ci(per_item, confidence=confidence, seed=seed)
+    mean = sum(per_item) / m
+    n_eff = effective_problems(per_item, sum(len(row) for row in correct))
+    low, high = wilson_interval(min(mean * n_eff, n_eff), n_eff, confidence)  # min: float rounding of mean * n
+    return MeanCI(mean, low, high, m), n_eff
+
+
+def pass_at_1(correct: Sequence[Sequence[bool]], *, confidence: float = DEFAULT_CONFIDENCE) -> MeanCI:
+    """pass@1 (mean over items of the fraction of correct samples) with its Wilson interval over the effective
+    number of problems (``MeanCI.n`` is the number of items; see the module docstring)."""
+    return _pass_at_1(correct, confidence)[0]
 
 
 def answer_key(answer: str | None) -> Hashable | None:
@@ -156,7 +159,7 @@ class EvalSummary:
     accuracy: float  # pass@1
     accuracy_ci_low: float
     accuracy_ci_high: float
-    ci_method: str  # "wilson" or "bootstrap"
+    ci_effective_n: float  # the number of problems the interval counts (intervals.effective_problems)
     n: int  # items
     samples: int  # total samples
     format_rate: float  # fraction of samples with format reward 1.0 (NaN if not given)
@@ -185,7 +188,6 @@ def eval_summary(
     answers: Sequence[Sequence[str | None]] | None = None,
     ks: Sequence[int] = (),
     confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
 ) -> EvalSummary:
     """All figures at once from per-item lists of per-sample values (same nesting as ``correct``).
 
@@ -193,7 +195,7 @@ def eval_summary(
     samples of an item.
     """
     _check_ragged(correct)
-    p1 = pass_at_1(correct, confidence=confidence, seed=seed)
+    p1, n_eff = _pass_at_1(correct, confidence)
     flat = [x for row in correct for x in row]
     min_n = min((len(row) for row in correct), default=0)
     for k in ks:
@@ -207,7 +209,7 @@ def eval_summary(
         accuracy=p1.mean,
         accuracy_ci_low=p1.low,
         accuracy_ci_high=p1.high,
-        ci_method="wilson" if all(len(r) == 1 for r in correct) else "bootstrap",
+        ci_effective_n=n_eff,
         n=len(correct),
         samples=len(flat),
         format_rate=format_rate(fmt),

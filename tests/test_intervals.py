@@ -107,3 +107,28 @@ def test_wilson_interval_known_values():
     assert all(math.isnan(v) for v in intervals.wilson_interval(0, 0))
     with pytest.raises(ValueError, match="successes"):
         intervals.wilson_interval(3, 2)
+
+
+def test_effective_problems_hand_values_and_clamps():
+    # One sample per problem: exactly m (the binomial Wilson interval).
+    assert intervals.effective_problems([1.0, 0.0, 0.0, 1.0, 1.0], 5) == 5
+    # Every outcome agrees: m, whatever the number of samples (never 0/0, never all samples).
+    assert intervals.effective_problems([0.0] * 20, 80) == 20
+    assert intervals.effective_problems([1.0] * 20, 80) == 20
+    # 20 problems each 2 of 4 right: with the pseudo-problems the variance is 2 (1/4) / 22, so
+    # n = 20 (1/4) 22 / (1/2) = 220, clamped to the 80 samples (the samples then behave as independent).
+    assert intervals.effective_problems([0.5] * 20, 80) == 80
+    # fractions 1, 1/2, 0, 1 (2 samples each): variance 7.25/36 with the pseudo-problems -> 33.75/7.25.
+    assert intervals.effective_problems([1.0, 0.5, 0.0, 1.0], 8) == pytest.approx(33.75 / 7.25, abs=1e-12)
+    assert intervals.effective_problems([], 0) == 0.0
+    with pytest.raises(ValueError, match="at least one sample"):
+        intervals.effective_problems([0.5, 0.5], 1)
+
+
+def test_wilson_interval_takes_fractional_counts():
+    # 2.5 of 5 is the same proportion as 5 of 10 at half the n: the interval is that of p = 0.5, n = 5.
+    z2 = 3.841458821
+    low, high = intervals.wilson_interval(2.5, 5.0)
+    half = math.sqrt(z2) * math.sqrt(0.25 / 5 + z2 / 100) / (1 + z2 / 5)
+    assert (low, high) == (pytest.approx(0.5 - half, abs=1e-9), pytest.approx(0.5 + half, abs=1e-9))
+    assert intervals.wilson_interval(0.0, 7.5)[0] == 0.0 and intervals.wilson_interval(7.5, 7.5)[1] == 1.0

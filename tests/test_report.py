@@ -157,6 +157,57 @@ def test_known_values_give_known_table_entries(sweep_dir: Path):
     assert dj["accuracy/synthetic"]["seeds"] == [0, 1, 2]
 
 
+def start(acc: float, low: float, high: float, **settings: Any) -> dict[str, Any]:
+    """A step-0 evaluation as the trainer logs it: accuracy with its own interval over problems."""
+    return {**ev(0, acc), "eval/accuracy_ci_low": low, "eval/accuracy_ci_high": high,
+            **{f"eval/{k}": v for k, v in settings.items()}}
+
+
+def test_base_model_row_counts_identical_step0_evaluations_once(tmp_path: Path):
+    """A 2-run sweep (two gates, one seed): the step-0 evaluations are one evaluation twice. The row shows that
+    evaluation's own interval, not a zero-width bootstrap over two copies ("50.0 [50.0, 50.0]")."""
+    for gate, params in (("clip", GRPO), ("sigmoid", SIG)):
+        write_run(tmp_path / gate, gate=gate, params=params, seed=0,
+                  evals=[start(0.5, 0.402, 0.598), ev(STEPS, 0.7)])
+    report = tables_only([tmp_path])
+    base = row(table(report, "Final held-out accuracy"), "base model (step 0)")
+    assert base["synthetic"] == "50.0 [40.2, 59.8]" and base["seeds"] == "1 evaluation (2 runs)"
+    assert report.data["base_model"]["synthetic"] == {"mean": 0.5, "low": 0.402, "high": 0.598, "n": 1,
+                                                      "evaluations": 1}
+
+
+def test_base_model_row_pools_distinct_evaluations_only(tmp_path: Path):
+    """Six runs, three seeds: three distinct step-0 evaluations (0.56, 0.58, 0.60), each copied by two gates.
+    The interval is the bootstrap over the three, not over six values of which three are copies."""
+    from softgate import intervals
+
+    for seed, acc in enumerate((0.56, 0.58, 0.60)):
+        for gate, params in (("clip", GRPO), ("sigmoid", SIG)):
+            write_run(tmp_path / f"{gate}{seed}", gate=gate, params=params, seed=seed,
+                      evals=[start(acc, acc - 0.07, acc + 0.07), ev(STEPS, 0.9)])
+    report = tables_only([tmp_path])
+    base = row(table(report, "Final held-out accuracy"), "base model (step 0)")
+    distinct = intervals.bootstrap_mean_ci([0.56, 0.58, 0.60])
+    copies = intervals.bootstrap_mean_ci([0.56, 0.56, 0.58, 0.58, 0.60, 0.60])
+    assert base["synthetic"] == distinct.format(100) != copies.format(100)
+    assert base["seeds"] == "3 evaluations (6 runs)"
+
+
+def test_evaluation_seed_and_settings_decide_what_is_a_copy(tmp_path: Path):
+    # Logged eval/seed wins over the run seed: two run seeds, one evaluation seed -> one evaluation.
+    for seed in (0, 1):
+        write_run(tmp_path / "same" / f"s{seed}", gate="clip", params=GRPO, seed=seed,
+                  evals=[start(0.5, 0.4, 0.6, seed=7, temperature=0.7), ev(STEPS, 0.9)])
+    assert row(table(tables_only([tmp_path / "same"]), "Final held-out accuracy"),
+               "base model (step 0)")["seeds"] == "1 evaluation (2 runs)"
+    # Same seed, other temperature: two evaluations.
+    for i, temp in enumerate((0.7, 1.0)):
+        write_run(tmp_path / "temps" / f"t{i}", gate="clip", params=GRPO, seed=0,
+                  evals=[start(0.5, 0.4, 0.6, seed=7, temperature=temp), ev(STEPS, 0.9)])
+    assert row(table(tables_only([tmp_path / "temps"]), "Final held-out accuracy"),
+               "base model (step 0)")["seeds"] == "2 evaluations (2 runs)"
+
+
 def test_paper_table1_layout_and_summary_fallback(tmp_path: Path):
     root = tmp_path / "runs"
     tasks = {"gsm8k": (0.80, 0.82), "math500": (0.56, 0.58), "aime2024+2025": (0.033, 0.083)}

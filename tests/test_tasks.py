@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import types
@@ -129,6 +130,59 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_gsm8k(tmp_path / "broken.json")
 
 
+def test_binary_and_non_parquet_files_name_the_file(tmp_path: Path) -> None:
+    binary = tmp_path / "data.jsonl"
+    binary.write_bytes(b'{"question": "q", "answer": "#### 1"}\n\x89PNG\r\n\x1a\n\xff\xfe')
+    with pytest.raises(DataError, match=r"data\.jsonl: line 2: not UTF-8 text"):
+        load_gsm8k(binary)
+    (tmp_path / "data.json").write_bytes(b"\xff\xfe[]")
+    with pytest.raises(DataError, match=r"data\.json: not UTF-8 text"):
+        load_gsm8k(tmp_path / "data.json")
+    (tmp_path / "data.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"data\.parquet: not a readable Parquet file"):
+        load_gsm8k(tmp_path / "data.parquet")
+
+
+def _ten_rows_two_ids(tmp_path: Path) -> Path:
+    """10 problems whose id column holds only A and B (A, B, A, B, ...)."""
+    path = tmp_path / "dup.jsonl"
+    rows = [{"id": "AB"[i % 2], "question": f"q{i}", "answer": str(i)} for i in range(10)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_duplicate_ids_are_an_error_naming_the_first_duplicate(tmp_path: Path) -> None:
+    path = _ten_rows_two_ids(tmp_path)
+    with pytest.raises(DataError, match=r"dup\.jsonl: line 3: duplicate id 'A' \(first at .*dup\.jsonl: line 1\)"):
+        get_task("fields").load(path)
+    with pytest.raises(DataError, match="duplicate id 'A'"):
+        load_math500(path, columns={"question": "question", "id": "id"})
+
+
+def test_dedupe_keeps_the_first_row_of_each_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        examples = get_task("fields").load(_ten_rows_two_ids(tmp_path), dedupe=True)
+    assert [(e.id, e.question) for e in examples] == [("A", "q0"), ("B", "q1")]
+    assert examples.duplicates == 8 and "dropped 8 row(s)" in caplog.text
+    assert get_task("fields").load(_ten_rows_two_ids(tmp_path), dedupe=True, limit=1).duplicates == 0
+
+
+def test_fields_task_reads_any_question_answer_columns_and_sources(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"problem": "1+1?", "final": 2, "source": "easy"}, {"problem": "x^2=4, x>0?", "final": "2"},
+            {"problem": "3*3?", "final": 9, "source": "hard"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("fields")
+    examples = task.load(path, columns={"question": "problem", "answer": "final"})
+    assert [(e.question, e.reference, e.source) for e in examples] == [
+        ("1+1?", "2", "easy"), ("x^2=4, x>0?", "2", "fields"), ("3*3?", "9", "hard")]
+    assert [e.id for e in examples] == ["fields:0", "fields:1", "fields:2"]
+    assert task.extract == ("answer",) and task.symbolic  # the default extraction mode, graded by the grader
+    assert task.answer_rewards(["<answer>\\frac{4}{2}</answer>"], ["2"]) == [1.0]
+    with pytest.raises(DataError, match=r"line 1: missing field 'question' \(question\); fields present: final"):
+        task.load(path)
+
+
 def test_parse_final_answer() -> None:
     assert parse_final_answer("so 12.\n#### 12") == "12"
     assert parse_final_answer("#### 1,000,000 ") == "1000000"
@@ -226,7 +280,7 @@ def test_registry_names_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     import softgate.tasks as tasks_pkg
 
     monkeypatch.setattr(tasks_pkg, "_REGISTRY", dict(tasks_pkg._REGISTRY))  # keep the test's entry local
-    assert {"gsm8k", "math500", "aime", "deepmath", "synthetic"} <= set(names())
+    assert {"gsm8k", "math500", "aime", "deepmath", "synthetic", "fields"} <= set(names())
     with pytest.raises(KeyError, match="unknown task 'gsm9k'; valid tasks: .*gsm8k"):
         get_task("gsm9k")
     with pytest.raises(ValueError, match="already registered"):

@@ -3,12 +3,15 @@
 - "final" training value of a metric: the mean of its last ``max(smooth, ceil(10% of logged steps))`` values.
 - Steps to format: the first step at which the trailing mean of ``reward/format`` reaches the threshold.
 - Held-out accuracy: the last eval.jsonl entry per ``eval/task`` (summary.json's ``eval_end`` without eval.jsonl).
+- Base model: the distinct step-0 evaluations (``evaluation_key``: copies made by runs that share a model, data,
+  settings and evaluation seed count once); one shows its own interval, several a bootstrap over them.
 - Across seeds: mean with a 95% percentile bootstrap CI (``softgate.intervals``); differences against GRPO (the
   clip gate) are paired by seed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -81,12 +84,45 @@ def final_eval(run: Run) -> dict[str, float]:
     return {} if acc is None else {run.task or DEFAULT_TASK: acc}
 
 
+def start_evaluations(run: Run) -> dict[str, dict[str, Any]]:
+    """{task: figures of the model before training}: the step-0 eval.jsonl entry without its ``eval/`` prefix,
+    else summary.json's ``eval_start``; only entries with an accuracy."""
+    out = {_task_of(r, run): {k.removeprefix("eval/"): v for k, v in r.items()} for r in run.evals
+           if r.get("step") == 0 and _accuracy(r, "eval/accuracy") is not None}
+    start = (run.summary or {}).get("eval_start")
+    return out or ({run.task or DEFAULT_TASK: start} if _accuracy(start, "accuracy") is not None else {})
+
+
 def start_eval(run: Run) -> dict[str, float]:
-    """{task: accuracy} of the model before training: eval.jsonl at step 0, else summary.json's ``eval_start``."""
-    out = {_task_of(r, run): acc for r in run.evals
-           if r.get("step") == 0 and (acc := _accuracy(r, "eval/accuracy")) is not None}
-    acc = _accuracy((run.summary or {}).get("eval_start"), "accuracy")
-    return out or ({} if acc is None else {run.task or DEFAULT_TASK: acc})
+    """{task: accuracy} of the model before training (see :func:`start_evaluations`)."""
+    return {task: float(fig["accuracy"]) for task, fig in start_evaluations(run).items()}
+
+
+def evaluation_key(run: Run, task: str, figures: dict[str, Any]) -> str:
+    """What makes two evaluations one: the same model, held-out data, sampling settings and evaluation seed.
+
+    Runs of a sweep that share a seed evaluate the same starting model with the same seed on the same problems:
+    their step-0 evaluations are copies, and pooling copies would shrink an interval without new evidence. The
+    evaluation seed is ``eval/seed`` when logged, else the run's seed (the trainer derives it from that).
+    """
+    cfg_task, cfg_eval = run.config.get("task") or {}, run.config.get("eval") or {}
+    model = (run.info.model if run.info else None) or (run.config.get("model") or {}).get("name_or_path")
+    return json.dumps([model, task, cfg_task.get("test_file"), cfg_task.get("difficulty"), figures.get("n"),
+                       figures.get("temperature", cfg_eval.get("temperature")),
+                       figures.get("max_new_tokens", cfg_eval.get("max_new_tokens")),
+                       figures.get("samples_per_problem", 1), figures.get("seed", ["run seed", run.seed])],
+                      default=str)
+
+
+def base_model_ci(evaluations: list[dict[str, Any]], ci: CIFn) -> intervals.MeanCI:
+    """The base model's accuracy from its distinct evaluations: one -> its own interval (over problems, from
+    ``accuracy_ci_low/high``); several -> their mean with ``ci`` over them (over seeds, like every variant)."""
+    if len(evaluations) != 1:
+        return ci([float(e["accuracy"]) for e in evaluations])
+    (e,) = evaluations
+    low, high = (_accuracy(e, k) for k in ("accuracy_ci_low", "accuracy_ci_high"))
+    nan = float("nan")
+    return intervals.MeanCI(float(e["accuracy"]), nan if low is None else low, nan if high is None else high, 1)
 
 
 def seed_key(run: Run) -> Any:
@@ -202,16 +238,20 @@ def _accuracy_table(runs: list[Run], variants: list[Variant], values: Values, ta
                     opt: ReportOptions, data: dict[str, Any]) -> Table:
     """Held-out accuracy per variant and task; the paper's Table 1 layout when its tasks are present."""
     rows = []
-    base: dict[str, list[float]] = {}
+    base: dict[str, dict[str, dict[str, Any]]] = {}  # task -> evaluation key -> figures (copies counted once)
     base_runs = 0
     for r in runs:
         if r.status in STATS_STATUSES or opt.include_partial:
-            start = start_eval(r)
+            start = start_evaluations(r)
             base_runs += bool(start)
-            for task, acc in start.items():
-                base.setdefault(task, []).append(acc)
+            for task, figures in start.items():
+                base.setdefault(task, {}).setdefault(evaluation_key(r, task, figures), figures)
     if base:
-        rows.append(["base model (step 0)", *(ci(base.get(t, [])).format(100) for t in tasks), f"{base_runs} runs"])
+        cis = {t: base_model_ci(list(base.get(t, {}).values()), ci) for t in tasks}
+        distinct = max(len(e) for e in base.values())
+        rows.append(["base model (step 0)", *(cis[t].format(100) for t in tasks),
+                     f"{distinct} evaluation{'s' * (distinct != 1)} ({base_runs} runs)"])
+        data["base_model"] = {t: {**ci_json(c), "evaluations": len(base.get(t, {}))} for t, c in cis.items()}
     for v in variants:
         cis = [ci(list(_present(values[v.name].get(f"accuracy/{t}", {})).values())) for t in tasks]
         rows.append([v.name, *(c.format(100) for c in cis), str(max((c.n for c in cis), default=0))])
@@ -220,7 +260,9 @@ def _accuracy_table(runs: list[Run], variants: list[Variant], values: Values, ta
     title = "Held-out accuracy (%), the paper's Table 1 layout" if paper_layout else "Final held-out accuracy (%)"
     note = "mean over seeds [95% bootstrap CI]; last evaluation of each run"
     if base:
-        note += "; base model = evaluation at step 0 (all runs pooled)"
+        note += ("; base model = the evaluations at step 0, copies counted once (same model, data, settings and "
+                 "evaluation seed): one evaluation shows its own 95% interval over problems, several their mean "
+                 "[95% bootstrap CI over evaluations]")
     return Table(title, ["variant", *map(task_title, tasks), "seeds"], rows, note)
 
 

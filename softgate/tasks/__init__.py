@@ -1,4 +1,5 @@
-"""Tasks: the synthetic task, GSM8K, MATH500, AIME (2024 + 2025) and DeepMath-103K.
+"""Tasks: the synthetic task, GSM8K, MATH500, AIME (2024 + 2025), DeepMath-103K, and ``fields`` (any
+question/answer file).
 
 ``get_task(name)`` returns a :class:`~softgate.tasks.base.Task`; ``names()`` lists what can be asked for. Tasks are
 registered by import path and imported on first use, so a task module that fails to import (or does not exist yet)
@@ -20,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "math500": ("softgate.tasks.latex_answers", "MATH500"),
     "aime": ("softgate.tasks.aime", "TASK"),
     "deepmath": ("softgate.tasks.latex_answers", "DEEPMATH"),
+    "fields": ("softgate.tasks.fields", "TASK"),
 }
 _CACHE: dict[str, Any] = {}
 

@@ -42,6 +42,7 @@ def load_aime(
     columns: Mapping[str, str] | None = None,
     years: Collection[int] | None = None,
     skip_invalid: bool = False,
+    dedupe: bool = False,
     limit: int | None = None,
     hf_config: str | None = None,
 ) -> Examples:
@@ -67,15 +68,15 @@ def load_aime(
         return Example(question.strip(), str(int(answer)), row_id(row, cols["id"], NAME, index), NAME, meta)
 
     examples = load_records(
-        source, parse, split=split or "train", hf_config=hf_config, skip_invalid=skip_invalid, limit=None
+        source, parse, split=split or "train", hf_config=hf_config, skip_invalid=skip_invalid, dedupe=dedupe, limit=None
     )
     if wanted is not None:
         kept = [e for e in examples if e.meta.get("year") in wanted]
         if not kept:
             raise ValueError(f"{source}: no AIME problems from years {sorted(wanted)}")
-        examples = Examples(kept, examples.skipped, examples.origin)
+        examples = Examples(kept, examples.skipped, examples.origin, examples.duplicates)
     if limit is not None:
-        examples = Examples(examples[:limit], examples.skipped, examples.origin)
+        examples = Examples(examples[:limit], examples.skipped, examples.origin, examples.duplicates)
     return examples
 
 

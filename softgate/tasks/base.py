@@ -72,12 +72,15 @@ class SkippedRow:
 
 
 class Examples(list):
-    """A ``list[Example]`` that also carries the rows skipped while loading (empty unless ``skip_invalid``)."""
+    """A ``list[Example]`` that also carries the rows skipped while loading (empty unless ``skip_invalid``) and
+    the number of rows dropped for repeating an earlier row's id (0 unless ``dedupe``)."""
 
-    def __init__(self, items: Sequence[Example] = (), skipped: Sequence[SkippedRow] = (), origin: str = ""):
+    def __init__(self, items: Sequence[Example] = (), skipped: Sequence[SkippedRow] = (), origin: str = "",
+                 duplicates: int = 0):
         super().__init__(items)
         self.skipped: tuple[SkippedRow, ...] = tuple(skipped)
         self.origin = origin
+        self.duplicates = duplicates
 
 
 class DataError(ValueError):
@@ -196,6 +199,7 @@ class Task:
             [e for part in parts for e in part],
             [s for part in parts for s in part.skipped],
             origin="+".join(p.origin for p in parts),
+            duplicates=sum(p.duplicates for p in parts),
         )
 
 
@@ -226,19 +230,10 @@ def iter_records(
         )
     kind = FILE_FORMATS.get(path.suffix.lower())
     if kind == "jsonl":
-        with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue  # blank lines (e.g. a trailing newline) are not records
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield f"{path}: line {lineno}", _BadRecord(f"invalid JSON ({err.msg} at column {err.colno})")
-                    continue
-                yield f"{path}: line {lineno}", row
+        yield from _iter_jsonl(path)
     elif kind == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
         if isinstance(data, dict):  # {"data": [...]} / {"rows": [...]} wrappers are common
@@ -255,11 +250,40 @@ def iter_records(
             import pyarrow.parquet as pq
         except ImportError:
             raise ImportError(f"reading {path} needs pyarrow: pip install 'softgate[data]'") from None
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError; a truncated file an OSError
+            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())})") from None
         for i, row in enumerate(table.to_pylist()):
             yield f"{path}: row {i}", row
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); JSON data must be UTF-8 "
+                        "(a binary file?)") from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as fh:  # bytes, so that a decoding error can name its line
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: line {lineno}: not UTF-8 text ({err.reason} at byte {err.start} of the "
+                                "line); JSONL data must be UTF-8 (a binary file?)") from None
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing newline) are not records
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield f"{path}: line {lineno}", _BadRecord(f"invalid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield f"{path}: line {lineno}", row
 
 
 def _iter_hf(name: str, *, split: str | None, config: str | None) -> Iterator[tuple[str, Any]]:
@@ -317,6 +341,7 @@ def load_records(
     split: str | None = None,
     hf_config: str | None = None,
     skip_invalid: bool = False,
+    dedupe: bool = False,
     limit: int | None = None,
 ) -> Examples:
     """Read ``source`` and turn each record into an :class:`Example` with ``parse_row(row, index)``.
@@ -324,24 +349,38 @@ def load_records(
     ``parse_row`` raises :class:`RowError` for a bad row (missing/malformed field). Without ``skip_invalid`` that
     becomes a :class:`DataError` naming the file, line/row and field; with it the row is recorded in
     ``Examples.skipped`` and one warning with the count is logged. An empty result is an error either way.
+
+    Ids must be unique (an evaluation reports per problem, and two problems under one id would be merged): a
+    repeated id is a :class:`DataError` naming the row, the id and where it first appeared; with ``dedupe`` the
+    first row of each id is kept, and the count of dropped rows is in ``Examples.duplicates`` and one warning.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
     examples: list[Example] = []
     skipped: list[SkippedRow] = []
-    index = 0
+    first_seen: dict[str, str] = {}  # id -> location of its first row
+    index = duplicates = 0
     for location, row in iter_records(source, split=split, hf_config=hf_config):
         try:
             if isinstance(row, _BadRecord):
                 raise RowError(row.reason)
             if not isinstance(row, Mapping):
                 raise RowError(f"expected an object with named fields, got {type(row).__name__}")
-            examples.append(parse_row(row, index))
+            example = parse_row(row, index)
         except RowError as err:
             if not skip_invalid:
                 raise DataError(f"{location}: {err}") from None
             skipped.append(SkippedRow(location, str(err)))
+            example = None
         index += 1
+        if example is not None and example.id in first_seen:
+            if not dedupe:
+                raise DataError(f"{location}: duplicate id {example.id!r} (first at {first_seen[example.id]}); ids "
+                                "must be unique: fix the file, or keep the first row of each id (--dedupe)")
+            duplicates += 1
+        elif example is not None:
+            first_seen[example.id] = location
+            examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
     if skipped:
@@ -349,10 +388,12 @@ def load_records(
             "%s: skipped %d invalid row(s) of %d (first: %s: %s)",
             source, len(skipped), index, skipped[0].location, skipped[0].reason,
         )
+    if duplicates:
+        logger.warning("%s: dropped %d row(s) whose id repeats an earlier row's", source, duplicates)
     if not examples:
-        note = f" ({len(skipped)} invalid row(s) skipped)" if skipped else ""
+        note = f" ({len(skipped)} invalid row(s) skipped)" if skipped else "" if index else " (it holds no records)"
         raise DataError(f"{source}: no usable examples{note}")
-    return Examples(examples, skipped, origin=str(source))
+    return Examples(examples, skipped, origin=str(source), duplicates=duplicates)
 
 
 def row_id(row: Mapping[str, Any], id_column: str | None, source: str, index: int) -> str:
@@ -360,6 +401,45 @@ def row_id(row: Mapping[str, Any], id_column: str | None, source: str, index: in
     if id_column and id_column in row and row[id_column] is not None:
         return str(row[id_column])
     return f"{source}:{index}"
+
+
+def question_answer_task(name: str, default_columns: Mapping[str, str], *, meta_columns: Sequence[str] = (),
+                         extract: tuple[str, ...] = ("answer",), default_split: str | None = None,
+                         default_hf: tuple[str, ...] = ()) -> Task:
+    """A task over rows holding a question and its final answer (MATH500, DeepMath, any file via ``fields``).
+
+    ``default_columns`` maps the roles ``question``, ``answer``, ``id`` and optionally ``source`` to column names
+    (the loader's ``columns=`` overrides them); ``meta_columns`` are kept in ``meta``; ``default_split`` is the
+    Hugging Face split read when none is given. An example's source is its row's ``source`` value when that role
+    is mapped and the row has one (per-source breakdowns of an evaluation), else ``name``. Answers that the fast
+    path cannot decide go to math-verify (``symbolic=True``).
+    """
+
+    def parse(row: Mapping[str, Any], index: int, cols: Mapping[str, str]) -> Example:
+        question = get_field(row, cols["question"], "question")
+        answer = get_field(row, cols["answer"], "answer")
+        meta = {k: row[k] for k in meta_columns if k in row}
+        origin = row.get(cols["source"]) if "source" in cols else None
+        origin = str(origin).strip() if origin is not None and str(origin).strip() else name
+        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], name, index), origin, meta)
+
+    def load(
+        source: str | os.PathLike[str],
+        *,
+        split: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        skip_invalid: bool = False,
+        dedupe: bool = False,
+        limit: int | None = None,
+        hf_config: str | None = None,
+    ) -> Examples:
+        cols = merge_columns(default_columns, columns)
+        return load_records(source, lambda row, index: parse(row, index, cols), split=split or default_split,
+                            hf_config=hf_config, skip_invalid=skip_invalid, dedupe=dedupe, limit=limit)
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = f"{name} examples; ``columns`` maps the roles {', '.join(map(repr, default_columns))}."
+    return Task(name=name, extract=extract, symbolic=True, loader=load, default_hf=default_hf)
 
 
 def merge_columns(defaults: Mapping[str, str], columns: Mapping[str, str] | None) -> dict[str, str]:

@@ -41,6 +41,7 @@ def load_gsm8k(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     skip_invalid: bool = False,
+    dedupe: bool = False,
     limit: int | None = None,
     hf_config: str | None = "main",
 ) -> Examples:
@@ -59,7 +60,8 @@ def load_gsm8k(
             raise RowError(f"malformed field {cols['answer']!r} (answer): no final '#### N' line")
         return Example(question.strip(), final, row_id(row, cols["id"], NAME, index), NAME, {"solution": solution})
 
-    return load_records(source, parse, split=split, hf_config=hf_config, skip_invalid=skip_invalid, limit=limit)
+    return load_records(source, parse, split=split, hf_config=hf_config, skip_invalid=skip_invalid, dedupe=dedupe,
+                        limit=limit)
 
 
 TASK = Task(name=NAME, extract=("answer", "gsm8k"), symbolic=False, loader=load_gsm8k, default_hf=(HF_NAME,))

@@ -12,56 +12,13 @@ on the ``<answer>`` content, falling back to the last ``\\boxed{...}``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from softgate.tasks.base import question_answer_task
 
-from softgate.tasks.base import Example, Examples, Task, get_field, load_records, merge_columns, row_id
-
-
-def question_answer_parser(source: str, cols: Mapping[str, str],
-                           meta_columns: Sequence[str] = ()) -> Callable[[Mapping[str, Any], int], Example]:
-    """Row parser for datasets whose answer column is the final answer itself: ``question`` and ``answer`` roles
-    required, ``id`` optional, ``meta_columns`` copied into ``meta`` when present."""
-
-    def parse(row: Mapping[str, Any], index: int) -> Example:
-        question = get_field(row, cols["question"], "question")
-        answer = get_field(row, cols["answer"], "answer")
-        meta = {k: row[k] for k in meta_columns if k in row}
-        return Example(question.strip(), answer.strip(), row_id(row, cols["id"], source, index), source, meta)
-
-    return parse
-
-
-def latex_answer_task(name: str, hf_name: str, default_columns: Mapping[str, str], meta_columns: Sequence[str],
-                      default_split: str) -> Task:
-    """A task over question / LaTeX-answer rows: ``default_columns`` maps the roles ``question``, ``answer`` and
-    ``id`` to the dataset's column names (the loader's ``columns=`` overrides them), ``meta_columns`` are kept in
-    ``meta``, and ``default_split`` is the Hugging Face split read when none is given."""
-
-    def load(
-        source: str | os.PathLike[str],
-        *,
-        split: str | None = None,
-        columns: Mapping[str, str] | None = None,
-        skip_invalid: bool = False,
-        limit: int | None = None,
-        hf_config: str | None = None,
-    ) -> Examples:
-        parse = question_answer_parser(name, merge_columns(default_columns, columns), meta_columns)
-        return load_records(source, parse, split=split or default_split, hf_config=hf_config,
-                            skip_invalid=skip_invalid, limit=limit)
-
-    load.__name__ = load.__qualname__ = f"load_{name}"
-    load.__doc__ = f"{name} examples; ``columns`` maps the roles ``question``, ``answer`` and ``id``."
-    return Task(name=name, extract=("answer", "boxed"), symbolic=True, loader=load, default_hf=(hf_name,))
-
-
-MATH500 = latex_answer_task("math500", "HuggingFaceH4/MATH-500",
-                            {"question": "problem", "answer": "answer", "id": "unique_id"}, ("subject", "level"),
-                            default_split="test")
-DEEPMATH = latex_answer_task("deepmath", "zwhe99/DeepMath-103K",
-                             {"question": "question", "answer": "final_answer", "id": "id"}, ("difficulty", "topic"),
-                             default_split="train")
+MATH500 = question_answer_task("math500", {"question": "problem", "answer": "answer", "id": "unique_id"},
+                               meta_columns=("subject", "level"), extract=("answer", "boxed"), default_split="test",
+                               default_hf=("HuggingFaceH4/MATH-500",))
+DEEPMATH = question_answer_task("deepmath", {"question": "question", "answer": "final_answer", "id": "id"},
+                                meta_columns=("difficulty", "topic"), extract=("answer", "boxed"),
+                                default_split="train", default_hf=("zwhe99/DeepMath-103K",))
 load_math500 = MATH500.loader
 load_deepmath = DEEPMATH.loader
