@@ -197,8 +197,13 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     kind, location = resolve(name_or_path)
     if kind == "gguf":
         location, kind = dequantized_gguf_dir(Path(location)), "dir"
-    model = AutoModelForCausalLM.from_pretrained(str(location), dtype=_DTYPES[dtype])
-    tokenizer = AutoTokenizer.from_pretrained(str(location))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=_DTYPES[dtype])
+        tokenizer = AutoTokenizer.from_pretrained(str(location))
+    except OSError as err:
+        if kind != "hub" or type(err) is not OSError:  # FileNotFoundError etc. are already clear
+            raise
+        raise _hub_error(name_or_path, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
@@ -206,3 +211,26 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _hub_error(name: str, err: OSError) -> FileNotFoundError:
+    """A hub load failure as one clear line: no network (or ``HF_HUB_OFFLINE``) and not cached -> ``offline: ...``;
+    any other hub failure names the model."""
+    if _is_offline(err):
+        hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
+        return FileNotFoundError(f"offline: model {name!r} is not in the local Hugging Face cache and the hub "
+                                 f"cannot be reached{hint}; download it once with network access, or pass a "
+                                 "local model directory")
+    return FileNotFoundError(f"model {name!r} is neither a local directory nor loadable from the Hugging Face hub: "
+                             f"{' '.join(str(err).split())}")
+
+
+def _is_offline(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says the hub could not be reached."""
+    names = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout"}
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in names or "couldn't connect" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

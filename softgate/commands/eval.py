@@ -5,7 +5,6 @@ ValueError / FileNotFoundError / FileExistsError with a message naming the optio
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +54,14 @@ def run(args) -> int:
     from softgate import __version__
     from softgate.evaluation import evaluate_policy
     from softgate.grading import Grader
+    from softgate.modeling import load_model_and_tokenizer
     from softgate.threads import apply_threads
 
     check_options(args)
     out = output_dir(args.out, args.overwrite)
     task, examples = load_examples(args)
     threads = apply_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model)  # hub failures: one line (softgate.modeling)
     with Grader(timeout=args.grader_timeout, workers=args.grader_workers) as grader:
         result = evaluate_policy(model, tokenizer, task, examples, temperature=args.temperature,
                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -131,36 +131,6 @@ def load_examples(args) -> tuple[Task, Examples]:
         raise ValueError(f"--data is required for task {name!r} (a .jsonl/.json/.parquet file or hf:owner/name)")
     columns = {"question": args.question_field, "answer": args.answer_field} if fields else None
     return task, task.load(args.data, limit=args.limit, dedupe=args.dedupe, columns=columns)
-
-
-def load_model(name: str) -> tuple[Any, Any]:
-    """``softgate.modeling.load_model_and_tokenizer`` with hub failures as one clear line: no network (or
-    ``HF_HUB_OFFLINE``) and not cached -> ``offline: ...``; any other hub failure names the model."""
-    from softgate.modeling import load_model_and_tokenizer, resolve
-
-    try:
-        return load_model_and_tokenizer(name)
-    except OSError as err:
-        if type(err) is not OSError or resolve(name)[0] != "hub":  # FileNotFoundError etc. are already clear
-            raise
-        if _is_offline(err):
-            hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
-            raise FileNotFoundError(f"offline: model {name!r} is not in the local Hugging Face cache and the hub "
-                                    f"cannot be reached{hint}; download it once with network access, or pass a "
-                                    "local model directory") from err
-        raise FileNotFoundError(f"model {name!r} is neither a local directory nor loadable from the Hugging Face "
-                                f"hub: {' '.join(str(err).split())}") from err
-
-
-def _is_offline(err: BaseException) -> bool:
-    """Whether ``err`` (or an exception it was raised from) says the hub could not be reached."""
-    names = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout"}
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, ConnectionError) or type(seen).__name__ in names or "couldn't connect" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def print_summary(summary: dict[str, Any], grader_stats) -> None:
