@@ -102,7 +102,15 @@ def load_examples(task: Task, cfg: TaskConfig, split: str, *, seed: int = 0) -> 
         raise ConfigError(f"task.{split}_file: task {cfg.name!r} needs a data file (.jsonl/.json/.parquet or "
                           f"hf:owner/name)")
     limit = cfg.train_size if split == "train" and cfg.train_size > 0 else None
-    return task.load(source, limit=limit, **_hub_split(source, split))
+    return _load_file(task, source, f"task.{split}_file", limit=limit, **_hub_split(source, split))
+
+
+def _load_file(task: Task, source: str, key: str, **kwargs) -> Examples:
+    """``task.load(source)``, with a binary or non-UTF-8 file reported as a config error naming the key and file."""
+    try:
+        return task.load(source, **kwargs)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{key}: {source}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
 def _load_mix(cfg: TaskConfig, seed: int) -> Examples:
@@ -113,7 +121,8 @@ def _load_mix(cfg: TaskConfig, seed: int) -> Examples:
             part_task = get_task(entry["task"])
         except KeyError as err:
             raise ConfigError(f"task.train_mix[{i}].task: {err.args[0]}") from None
-        sources.append(part_task.load(entry["source"], **_hub_split(entry["source"], "train")))
+        sources.append(_load_file(part_task, entry["source"], f"task.train_mix[{i}].source",
+                                  **_hub_split(entry["source"], "train")))
         weights.append(float(entry.get("weight", 1.0)))
     n = cfg.train_size if cfg.train_size > 0 else None
     return Examples(mix(sources, weights, n=n, seed=seed), origin="mix")

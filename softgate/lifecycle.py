@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import softgate
-from softgate.checkpoint import load_checkpoint
+from softgate.checkpoint import load_checkpoint, no_progress_bars
 from softgate.config import Config
 from softgate.data import TrainingData, load_training_data
 from softgate.device import check_compute_dtype, resolve_device
@@ -67,7 +67,8 @@ def load_policy(cfg: Config):
     if param_dtype != "float32":
         warnings.warn(f"optim.master_weights=false: parameters and AdamW state in {param_dtype}; small updates "
                       "round away (at lr 1e-6 most parameters do not move). Prefer master weights.", stacklevel=3)
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=param_dtype, device=str(device))
+    with no_progress_bars():  # transformers' "Loading weights" bar: noise before the run's own bar
+        model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=param_dtype, device=str(device))
     if cfg.model.disable_dropout:
         disable_dropout(model)
     use_clean_generation_config(model)

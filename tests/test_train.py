@@ -498,7 +498,7 @@ def test_graceful_stop_first_signal_asks_second_aborts(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_a_checkpoint_and_resume_equals_the_uninterrupted_run(tiny_random_model, tmp_path, sig):
     from softgate.cli import main
 
