@@ -95,7 +95,7 @@ def prepare_run_dir(run: RunDir, cfg: Config, *, resume: bool, overwrite: bool) 
         run.require_resumable()
         info = run.read_info()
         if info is not None and info.status == "finished" and cfg.steps <= info.last_step:
-            print(f"{run.path}: finished ({info.last_step} steps): nothing to do (--set steps=N extends it)")
+            print(f"{run.path}: finished (steps={info.last_step}): nothing to do (--set steps=N extends it)")
             return False
     return True
 

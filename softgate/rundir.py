@@ -344,25 +344,24 @@ class RunDir:
         ``--resume``): resume it (and from where), start over with ``--overwrite``, or nothing to do."""
         try:
             info = self.read_info()
-        except RunDirError:
+        except RunDirError:  # a damaged run.json: the directory still holds a run
             info = None
         ckpt = self.latest_checkpoint()
         start = f"from its step-{self.checkpoint_step(ckpt)} checkpoint" if ckpt else "from step 0 (no checkpoint yet)"
         resume = f"continue it {start} with `{resume_command(self.path)}`"
         over = "or start over with --overwrite (the old run is moved to .old-<time>/ inside it)"
-        where = f" at step {info.last_step} of {info.steps}" if info else ""
-        match info.status if info else None:
+        if info is None:
+            return f"{self.path} already holds a run: {resume}, {over}"
+        where = f" at step {info.last_step} of {info.steps}"
+        match info.status:
             case "finished":
-                return (f"{self.path} holds a finished run ({info.steps} steps): nothing to do; extend it with "  # type: ignore[union-attr]
+                return (f"{self.path} holds a finished run (steps={info.steps}): nothing to do; extend it with "
                         f"`{resume_command(self.path)} --set steps=N`, {over}, or choose another --out")
             case "interrupted":
                 return f"{self.path} holds a run interrupted{where}: {resume}, {over}"
             case "failed":
                 return f"{self.path} holds a run that failed{where}: after fixing the cause, {resume}, {over}"
-            case "running":
-                return (f"{self.path} holds a run marked running{where} (still running elsewhere, or killed): "
-                        f"{resume}, {over}")
-        return f"{self.path} already holds a run: {resume}, {over}"
+        return f"{self.path} holds a run marked running{where} (still running elsewhere, or killed): {resume}, {over}"
 
     def move_aside(self, prefix: str = ".old") -> Path | None:
         """Move everything in the directory except hidden entries into ``<prefix>-<UTC time>/`` inside it (never

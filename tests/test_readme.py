@@ -71,7 +71,8 @@ NOT_RUN = {
 
 # How the commands that are run are made small (each rule is applied where it matches):
 # - `softgate train` and `softgate demo` get TINY overrides first (the command's own --set still win): 2 RL steps of
-#   2 prompts x 2 completions, 4 held-out problems, no periodic checkpoint;
+#   2 prompts x 2 completions, 4 held-out problems, no periodic checkpoint; a command's own `--set steps=N` becomes
+#   steps=N/10 (at least 2);
 # - `softgate eval` gets `--limit 4 --max-new-tokens 16`, and a checkpoint path is the newest the run wrote (a
 #   2-step run writes step_000002, not the step a 100-step run ends at);
 # - `softgate sweep` runs with `--dry-run` (a sweep is 18 runs of 100 steps); `softgate report` of a sweep
@@ -95,7 +96,9 @@ def doc_commands() -> list[tuple[str, list[str]]]:
 
 def make_small(argv: list[str], sandbox: Path) -> list[str]:
     if argv[:2] in (["softgate", "train"], ["softgate", "demo"]):
-        return [*argv[:2], *argv[2:3], *sum((["--set", s] for s in TINY), []), *argv[3:]]
+        head = 3 if len(argv) > 2 and not argv[2].startswith("-") else 2  # after a CONFIG argument
+        own = [re.sub(r"^steps=(\d+)$", lambda m: f"steps={max(2, int(m.group(1)) // 10)}", a) for a in argv[head:]]
+        return [*argv[:head], *sum((["--set", s] for s in TINY), []), *own]
     if argv[:2] == ["softgate", "eval"]:
         out = []
         for arg in argv:
