@@ -395,6 +395,25 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 if done < cfg.steps and (stop.requested or (cfg.log.save_every and done % cfg.log.save_every == 0)):
                     checkpoint(done)
                 write_run_json(run.path, cfg, "running", done)
+            bar.close()
+            log.close()
+            if stop.requested and done < cfg.steps:
+                write_run_json(run.path, cfg, "interrupted", done)
+                raise RunInterrupted(interrupt_message(run, cfg, done, aborted=False), 128 + stop.signum)
+
+            # --- the end: final eval, checkpoint, summary, plots ---
+            final_eval = run_eval(model, s.tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) \
+                if cfg.eval.size != 0 else {}
+            checkpoint(cfg.steps)
+            eval_log.close()
+            summary = build_summary(run.path, cfg)
+            run.write_summary(summary)
+            from softgate.plots import plot_run
+
+            plot_run(run.path)
+            write_run_json(run.path, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
+        except RunInterrupted:
+            raise
         except KeyboardInterrupt:  # a second Ctrl-C: the newest checkpoint is the state to resume from
             write_run_json(run.path, cfg, "interrupted", done)
             raise RunInterrupted(interrupt_message(run, cfg, done, aborted=True),
@@ -402,25 +421,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         except BaseException:
             write_run_json(run.path, cfg, "failed", done)
             raise
-        finally:
+        finally:  # closing twice is harmless; these must close on every path
             bar.close()
             log.close()
-        if stop.requested and done < cfg.steps:
             eval_log.close()
             sinks.close()
-            write_run_json(run.path, cfg, "interrupted", done)
-            raise RunInterrupted(interrupt_message(run, cfg, done, aborted=False), 128 + stop.signum)
-
-        # --- the end: final eval, checkpoint, summary, plots ---
-        final_eval = run_eval(model, s.tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) \
-            if cfg.eval.size != 0 else {}
-        eval_log.close()
-        sinks.close()
-        checkpoint(cfg.steps)
-        summary = build_summary(run.path, cfg)
-        run.write_summary(summary)
-        from softgate.plots import plot_run
-
-        plot_run(run.path)
-        write_run_json(run.path, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
     return TrainResult(run.path, summary)

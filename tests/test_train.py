@@ -558,3 +558,25 @@ def test_checkpoint_writes_draw_no_progress_bar(tiny_random_model, tmp_path, cap
     train(small_config(tiny_random_model, tmp_path / "run", "steps=1", "eval.size=0"))
     captured = capfd.readouterr()
     assert "Writing model shards" not in captured.err + captured.out
+
+
+def test_an_abort_mid_step_marks_the_run_interrupted_with_the_resume_command(tiny_random_model, tmp_path,
+                                                                              monkeypatch):
+    import softgate.train as train_module
+    from softgate.rundir import RunInterrupted
+
+    real, calls = train_module.update_phase, []
+
+    def update_phase(*args, **kwargs):  # a second Ctrl-C raises KeyboardInterrupt wherever the loop is
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "update_phase", update_phase)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=rf"aborted during step 3 of 3 \(checkpoint step_000002\); resume from "
+                                             rf"step 2 with: softgate train --resume --out {out}$") as info:
+        train(small_config(tiny_random_model, out))
+    assert info.value.exit_code == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
