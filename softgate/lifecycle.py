@@ -78,7 +78,6 @@ def load_policy(cfg: Config):
     return model, tokenizer, device
 
 
-
 def prepare_run_dir(run: RunDir, cfg: Config, *, resume: bool, overwrite: bool) -> bool:
     """Check the run directory before any work: a directory holding a run is resumed (``resume``), moved aside into
     ``.old-<time>/`` (``overwrite``) or refused with one line saying what to do. Returns False when there is
@@ -116,6 +115,8 @@ class Setup:
 
 
 def setup(cfg: Config) -> Setup:
+    """Load the policy and data (prompts checked against the model's context) and build the optimizer, schedule,
+    sampler and grader. Writes nothing."""
     model, tokenizer, device = load_policy(cfg)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     data = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=cfg.eval.size,
