@@ -6,10 +6,12 @@ complete, so a run killed mid-write leaves no half checkpoint that resume could 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     tmp = root / f".tmp-step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    with no_progress_bars():  # transformers draws a "Writing model shards" bar per save: noise under the run's bar
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     # RNG states hold numpy arrays and tuples: store them as plain tensors/lists so weights_only loading works.
@@ -60,6 +63,20 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     for old in RunDir(run_dir).list_checkpoints()[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off inside the block, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any]:

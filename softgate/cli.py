@@ -4,7 +4,8 @@ Each command module exposes ``add_parser(subparsers)`` (which registers its pars
 ``softgate --help`` lists exactly what exists. Heavy imports (torch, transformers) happen inside the command.
 
 Errors: a user error (bad config, file, value; a missing optional package) is one line on stderr naming the
-command, and exit code 2; ``--debug`` shows the traceback instead. Ctrl-C is one line and exit code 130.
+command, and exit code 2; ``--debug`` shows the traceback instead. Ctrl-C is one line and exit code 130; a training
+run stopped by Ctrl-C or SIGTERM says in that line how to resume it (exit code 128 + the signal).
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from softgate.rundir import RunInterrupted  # light: no torch
+
     try:
         result = args.func(args)
+    except RunInterrupted as err:  # a run stopped by a signal after saving its state: how to resume it
+        if args.debug:
+            raise
+        print(f"softgate {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         if args.debug:
             raise

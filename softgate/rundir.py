@@ -18,10 +18,12 @@ docs/design.md lists every metric key; a test keeps the page and the trainer's k
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,20 @@ class RunDirError(ValueError):
 
 class IncompatibleRunError(RunDirError):
     """A run written by a softgate whose run-directory schema this version does not read."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal (Ctrl-C, SIGTERM) after saving what it had; the message says how to resume.
+    ``exit_code`` is 128 + the signal number (130 for Ctrl-C), the shell's convention."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def resume_command(path: str | os.PathLike[str]) -> str:
+    """The command that continues the run in ``path`` (its saved config.yaml holds everything else)."""
+    return f"softgate train --resume --out {shlex.quote(str(path))}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -313,6 +329,51 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         found = self.list_checkpoints()
         return found[-1] if found else None
+
+    def require_resumable(self) -> None:
+        """FileNotFoundError unless a run to resume is here (its config.yaml: resume starts from it)."""
+        if not self.config_yaml.is_file():
+            raise FileNotFoundError(f"--resume: {self.path} holds no run to resume (no {CONFIG_YAML}); start one "
+                                    f"without --resume")
+
+    def checkpoint_step(self, path: Path) -> int:
+        return int(_CHECKPOINT_NAME.match(path.name).group(1))  # type: ignore[union-attr]
+
+    def advice(self) -> str:
+        """One line on what to do with the run held here, by its status (for ``softgate train`` without
+        ``--resume``): resume it (and from where), start over with ``--overwrite``, or nothing to do."""
+        try:
+            info = self.read_info()
+        except RunDirError:  # a damaged run.json: the directory still holds a run
+            info = None
+        ckpt = self.latest_checkpoint()
+        start = f"from its step-{self.checkpoint_step(ckpt)} checkpoint" if ckpt else "from step 0 (no checkpoint yet)"
+        resume = f"continue it {start} with `{resume_command(self.path)}`"
+        over = "or start over with --overwrite (the old run is moved to .old-<time>/ inside it)"
+        if info is None:
+            return f"{self.path} already holds a run: {resume}, {over}"
+        where = f" at step {info.last_step} of {info.steps}"
+        match info.status:
+            case "finished":
+                return (f"{self.path} holds a finished run (steps={info.steps}): nothing to do; extend it with "
+                        f"`{resume_command(self.path)} --set steps=N`, {over}, or choose another --out")
+            case "interrupted":
+                return f"{self.path} holds a run interrupted{where}: {resume}, {over}"
+            case "failed":
+                return f"{self.path} holds a run that failed{where}: after fixing the cause, {resume}, {over}"
+        return f"{self.path} holds a run marked running{where} (still running elsewhere, or killed): {resume}, {over}"
+
+    def move_aside(self, prefix: str = ".old") -> Path | None:
+        """Move everything in the directory except hidden entries into ``<prefix>-<UTC time>/`` inside it (never
+        deleted; the leading dot keeps run discovery from counting it). Returns that directory, or None if empty."""
+        present = [p for p in self.path.iterdir() if not p.name.startswith(".")] if self.path.is_dir() else []
+        if not present:
+            return None
+        target = self.path / f"{prefix}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+        target.mkdir()
+        for path in present:
+            os.replace(path, target / path.name)
+        return target
 
     def attempt_files(self) -> list[Path]:
         """The files of a run attempt that exist, checkpoints aside (what ``softgate sweep`` moves out of the way

@@ -1,11 +1,13 @@
 """The RL loop: sample G completions per prompt, score them, compute group advantages, then make
 ``num_iterations x minibatches`` gated policy-gradient updates on the batch (paper Section 3). Top to bottom:
 
-    setup -> [resume] -> eval at start -> for each RL step:
+    run-directory check -> setup -> [resume] -> eval at start -> for each RL step:
         rollout -> rewards -> advantages -> old log-probs ->
         update phase (for each pass, for each minibatch: micro-batches (forward, gated loss, backward) -> clip ->
-        step -> [EUR controller]) -> logging phase -> [eval] -> [checkpoint]
+        step -> [EUR controller]) -> logging phase -> [eval] -> [checkpoint] -> [stop if Ctrl-C/SIGTERM came]
     -> final eval, checkpoint, summary, plots
+
+The set-up, resume and run status around the loop live in ``softgate.lifecycle``.
 
 The gate only acts when r = pi / pi_old differs from 1, i.e. after the first optimizer step made on a rollout.
 With one pass and one minibatch every update is on-policy and every admissible gate is the plain policy gradient
@@ -14,10 +16,9 @@ With one pass and one minibatch every update is on-policy and every admissible g
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import platform
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,47 +28,28 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import softgate
 from softgate import gates
 from softgate.advantages import group_advantages, zero_variance_groups
 from softgate.aggregate import normalizer as batch_normalizer
-from softgate.checkpoint import load_checkpoint, save_checkpoint
+from softgate.checkpoint import save_checkpoint
 from softgate.config import Config, save_config, to_dict
-from softgate.data import TrainingData, load_training_data
-from softgate.device import autocast, check_compute_dtype, resolve_device
+from softgate.data import TrainingData
+from softgate.device import autocast
 from softgate.diagnostics import LossTerms, loss_stats
 from softgate.evaluation import evaluate_policy
-from softgate.grading import Grader, GraderStats
 from softgate.forward import completion_logprobs
+from softgate.grading import Grader, GraderStats
+from softgate.lifecycle import build_summary, interrupt_message, prepare_run_dir, restore, setup, write_run_json
+from softgate.lifecycle import load_policy as load_policy  # public as softgate.train.load_policy
 from softgate.losses import LossOptions, policy_loss_terms
-from softgate.rundir import JsonlWriter, RunDir, RunInfo, is_on_policy
+from softgate.rollout import Rollout
+from softgate.rundir import JsonlWriter, RunDir, RunInterrupted
+from softgate.stopping import GracefulStop
 from softgate.threads import apply_threads
-from softgate.tracking import TrackingSinks
-from softgate.generation import use_clean_generation_config
-from softgate.modeling import disable_dropout, load_model_and_tokenizer
-from softgate.rollout import Rollout, make_sampler
+from softgate.tracking import TrackingSinks, check_trackers
 
 # --------------------------------------------------------------------------------------------------------------
 # Small helpers the loop calls. Each is a plain function; the loop below reads top to bottom.
-
-
-def lr_lambda(schedule: str, warmup: int, total: int):
-    """Multiplier of the peak learning rate at update slot ``s`` (linear warmup, then the schedule)."""
-
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        match schedule:
-            case "constant":
-                return 1.0
-            case "linear":
-                return max(0.0, 1.0 - progress)
-            case "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        raise ValueError(f"optim.schedule: unknown schedule {schedule!r}")
-
-    return f
 
 
 def make_gate(cfg: Config, tau_scale: float = 1.0) -> gates.Gate:
@@ -316,32 +298,6 @@ def run_eval(model, tokenizer, data: TrainingData, cfg: Config, step: int, eval_
     return record
 
 
-def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **extra: Any) -> None:
-    RunDir(run_dir).write_info(RunInfo(status=status, gate=cfg.gate.spec().to_dict(), seed=cfg.seed, steps=cfg.steps,
-                                       last_step=last_step, task=cfg.task.name, model=cfg.model.name_or_path,
-                                       extra=extra))
-
-
-def load_policy(cfg: Config):
-    """The policy to train, on its device, in train mode: float32 master weights unless opted out, no dropout,
-    a generation config that holds only the policy (samples from exactly pi_old), gradient checkpointing if asked.
-    Returns (model, tokenizer, device)."""
-    device = resolve_device(cfg.model.device)
-    check_compute_dtype(device, cfg.model.compute_dtype)
-    param_dtype = "float32" if cfg.optim.master_weights else cfg.model.compute_dtype
-    if param_dtype != "float32":
-        warnings.warn(f"optim.master_weights=false: parameters and AdamW state in {param_dtype}; small updates "
-                      "round away (at lr 1e-6 most parameters do not move). Prefer master weights.", stacklevel=3)
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=param_dtype, device=str(device))
-    if cfg.model.disable_dropout:
-        disable_dropout(model)
-    use_clean_generation_config(model)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    return model, tokenizer, device
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -352,13 +308,15 @@ class TrainResult:
 # The loop.
 
 
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
-    """Run RL as configured. ``resume`` continues from the newest checkpoint in ``cfg.output_dir``."""
-    run_dir = Path(cfg.output_dir)
-    if not resume and RunDir(run_dir).metrics_jsonl.exists():
-        raise FileExistsError(f"{run_dir} already holds a run (metrics.jsonl); pass --resume to continue it or "
-                              f"choose another --output-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run RL as configured. ``resume`` continues the run in ``cfg.output_dir`` from its newest checkpoint;
+    ``overwrite`` moves a run found there aside first. Ctrl-C or SIGTERM stops at the next RL-step boundary with a
+    checkpoint (``RunInterrupted``); a second one aborts at once. (Longer than 80 lines: the loop reads top to
+    bottom in one place, as nanoGPT's does.)"""
+    run = RunDir(cfg.output_dir)
+    check_trackers(tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project)  # before the model loads
+    if not prepare_run_dir(run, cfg, resume=resume, overwrite=overwrite):
+        return TrainResult(run.path, run.read_summary() or {})
     torch.manual_seed(cfg.seed)
     apply_threads(cfg.model.threads)
     if cfg.algo.num_iterations == 1 and cfg.algo.minibatches == 1:
@@ -366,145 +324,106 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
             "algo.num_iterations=1 and algo.minibatches=1: every update is on-policy (r = 1 exactly), so every "
             "admissible gate gives the plain policy gradient and the gate has no effect. Reuse rollouts "
             "(num_iterations > 1) or split them into minibatches for the gate to act.", stacklevel=2)
+    with GracefulStop() as stop:
+        s = setup(cfg)  # nothing is written to the run directory before the model and data loaded
+        model, data, grader = s.model, s.data, s.grader
+        start_step, tau_scale, cursor = restore(run, s) if resume else (0, 1.0, 0)
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config_yaml)  # on resume: the saved config with the changes --resume allowed
+        precision = functools.partial(autocast, s.device, cfg.model.compute_dtype)
+        G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
+        updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
+        logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
+                            shared_prompt=cfg.model.shared_prompt_pass)
+        stream = PromptStream(len(data.train), cfg.seed, cursor)
+        log, eval_log = run.metrics_writer(), run.eval_writer()
+        sinks = TrackingSinks(run.path, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
+                              config=to_dict(cfg))
+        write_run_json(run.path, cfg, "running", start_step)
 
-    # --- model, data, optimizer ---
-    model, tokenizer, device = load_policy(cfg)
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
-    precision = functools.partial(autocast, device, cfg.model.compute_dtype)
-    data = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=cfg.eval.size)
-    G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
-    updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.steps * updates_per_step))
-    sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
-    grader = Grader.from_config(cfg.grader)  # its workers stop when train() returns and the grader is collected
-    logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
-                       shared_prompt=cfg.model.shared_prompt_pass)
+        def checkpoint(step: int) -> None:
+            save_checkpoint(run.path, step, model=model, tokenizer=s.tokenizer, optimizer=s.optimizer,
+                            scheduler=s.scheduler, state={"tau_scale": tau_scale, "cursor": stream.cursor},
+                            keep=cfg.log.keep_checkpoints)
 
-    # --- resume ---
-    start_step, tau_scale, cursor = 0, 1.0, 0
-    if resume:
-        ckpt = RunDir(run_dir).latest_checkpoint()
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: {run_dir} holds no complete checkpoint to resume from")
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        start_step, tau_scale, cursor = state["step"], state["tau_scale"], state["cursor"]
-        moved = RunDir(run_dir).truncate_logs_after(start_step)
-        if moved:
-            print(f"resume: {moved} metric lines past step {start_step} moved to metrics.orphaned.jsonl")
-    else:
-        save_config(cfg, run_dir / "config.yaml")
-    stream = PromptStream(len(data.train), cfg.seed, cursor)
-    log, eval_log = RunDir(run_dir).metrics_writer(), RunDir(run_dir).eval_writer()
-    sinks = TrackingSinks(run_dir, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
-                          config=to_dict(cfg))
-    write_run_json(run_dir, cfg, "running", start_step)
-    if start_step == 0 and cfg.eval.size != 0:
-        run_eval(model, tokenizer, data, cfg, 0, eval_log, sinks, grader)
+        bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL", unit="step",
+                   disable=not cfg.log.progress, dynamic_ncols=True)
+        done = start_step
+        try:
+            if start_step == 0 and cfg.eval.size != 0:
+                run_eval(model, s.tokenizer, data, cfg, 0, eval_log, sinks, grader)
+            for step in bar:
+                if stop.requested:
+                    break
+                t0 = time.perf_counter()
+                torch.manual_seed(step_seed(cfg.seed, step))
+                batch_idx = stream.take(P)
 
-    # --- the loop ---
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL", unit="step",
-               disable=not cfg.log.progress, dynamic_ncols=True)
-    done = start_step
-    try:
-        for step in bar:
-            t0 = time.perf_counter()
-            torch.manual_seed(step_seed(cfg.seed, step))
-            batch_idx = stream.take(P)
+                # 1. rollout: G completions per prompt from the current policy.
+                with precision():  # samples and old log-probs from the same numerics: exactly pi_old
+                    rollout = s.sampler.sample([data.prompts[i] for i in batch_idx], G,
+                                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                               max_new_tokens=cfg.rollout.max_new_tokens)
+                t_gen = time.perf_counter()
 
-            # 1. rollout: G completions per prompt from the current policy.
-            with precision():  # samples and old log-probs from the same numerics: exactly pi_old
-                rollout = sampler.sample([data.prompts[i] for i in batch_idx], G, temperature=cfg.rollout.temperature,
-                                         top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
-            t_gen = time.perf_counter()
+                # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
+                rewards, graded = score([data.graders[i] for i in batch_idx for _ in range(G)], rollout,
+                                        [data.train[i].reference for i in batch_idx for _ in range(G)], cfg, grader)
+                adv = group_advantages(rewards["total"], G, cfg.algo.advantage).to(s.device)
+                keep = (~zero_variance_groups(rewards["total"], G) if cfg.algo.drop_zero_variance
+                        else torch.ones(len(adv), dtype=torch.bool))
 
-            # 2. rewards and group advantages (paper Section 2: A_i = (R_i - mean R) / std R).
-            rewards, graded = score([data.graders[i] for i in batch_idx for _ in range(G)], rollout,
-                                    [data.train[i].reference for i in batch_idx for _ in range(G)], cfg, grader)
-            adv = group_advantages(rewards["total"], G, cfg.algo.advantage).to(device)
-            keep = (~zero_variance_groups(rewards["total"], G) if cfg.algo.drop_zero_variance
-                    else torch.ones(len(adv), dtype=torch.bool))
+                # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
+                model.eval()
+                with precision():
+                    old_logp = rollout_logprobs(model, rollout, **logprob_args)
+                    ref_logp = (rollout_logprobs(s.ref_model, rollout, **logprob_args) if s.ref_model is not None
+                                else None)
+                model.train()
+                t_logp = time.perf_counter()
 
-            # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
-            model.eval()
-            with precision():
-                old_logp = rollout_logprobs(model, rollout, **logprob_args)
-                ref_logp = rollout_logprobs(ref_model, rollout, **logprob_args) if ref_model is not None else None
-            model.train()
-            t_logp = time.perf_counter()
+                # 4. update phase, then 5. logging phase: one metrics line per optimizer step.
+                records, tau_scale = update_phase(model, s.optimizer, s.scheduler,
+                                                  RolloutBatch(rollout, old_logp, ref_logp, adv, keep), tau_scale, cfg)
+                timing = step_timing(t0, t_gen, t_logp, time.perf_counter(), int(rollout.completion_lengths.sum()))
+                log_phase(log, sinks, bar, step, records,
+                          {**rollout_metrics(rewards, rollout), **grader_metrics(graded)}, timing, updates_per_step)
 
-            # 4. update phase, then 5. logging phase: one metrics line per optimizer step.
-            records, tau_scale = update_phase(model, optimizer, scheduler,
-                                              RolloutBatch(rollout, old_logp, ref_logp, adv, keep), tau_scale, cfg)
-            timing = step_timing(t0, t_gen, t_logp, time.perf_counter(), int(rollout.completion_lengths.sum()))
-            log_phase(log, sinks, bar, step, records, {**rollout_metrics(rewards, rollout), **grader_metrics(graded)},
-                      timing, updates_per_step)
+                done = step + 1
+                if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:
+                    run_eval(model, s.tokenizer, data, cfg, done, eval_log, sinks, grader)
+                if done < cfg.steps and (stop.requested or (cfg.log.save_every and done % cfg.log.save_every == 0)):
+                    checkpoint(done)
+                write_run_json(run.path, cfg, "running", done)
+            bar.close()
+            log.close()
+            if stop.requested and done < cfg.steps:
+                write_run_json(run.path, cfg, "interrupted", done)
+                raise RunInterrupted(interrupt_message(run, cfg, done, aborted=False), 128 + stop.signum)
 
-            done = step + 1
-            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:
-                run_eval(model, tokenizer, data, cfg, done, eval_log, sinks, grader)
-            if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.steps:
-                save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                                scheduler=scheduler, state={"tau_scale": tau_scale, "cursor": stream.cursor},
-                                keep=cfg.log.keep_checkpoints)
-            write_run_json(run_dir, cfg, "running", done)
-    except BaseException:
-        write_run_json(run_dir, cfg, "failed", done)
-        raise
-    finally:
-        bar.close()
-        log.close()
+            # --- the end: final eval, checkpoint, summary, plots ---
+            final_eval = run_eval(model, s.tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) \
+                if cfg.eval.size != 0 else {}
+            checkpoint(cfg.steps)
+            eval_log.close()
+            summary = build_summary(run.path, cfg)
+            run.write_summary(summary)
+            from softgate.plots import plot_run
 
-    # --- the end: final eval, checkpoint, summary, plots ---
-    final_eval = run_eval(model, tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) if cfg.eval.size != 0 else {}
-    eval_log.close()
-    sinks.close()
-    save_checkpoint(run_dir, cfg.steps, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                    state={"tau_scale": tau_scale, "cursor": stream.cursor}, keep=cfg.log.keep_checkpoints)
-    summary = build_summary(run_dir, cfg)
-    RunDir(run_dir).write_summary(summary)
-    from softgate.plots import plot_run
-
-    plot_run(run_dir)
-    write_run_json(run_dir, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
-    return TrainResult(run_dir, summary)
-
-
-def build_summary(run_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Start vs end held-out figures and the gate/entropy figures of the first and last 10% of updates."""
-    evals = RunDir(run_dir).read_evals()
-    metrics = RunDir(run_dir).read_metrics()
-
-    def window(records, key, first: bool) -> float:
-        values = [r[key] for r in records if r.get(key) is not None]
-        if not values:
-            return float("nan")
-        k = max(1, len(values) // 10)
-        chunk = values[:k] if first else values[-k:]
-        return sum(chunk) / len(chunk)
-
-    def pick(record: dict, key: str) -> float:
-        return record.get(f"eval/{key}", float("nan")) if record else float("nan")
-
-    start, end = (evals[0], evals[-1]) if evals else ({}, {})
-    return {
-        "run_dir": str(run_dir), "gate": cfg.gate.spec().to_dict(), "seed": cfg.seed, "steps": cfg.steps,
-        "softgate_version": softgate.__version__, "python": platform.python_version(),
-        "torch": torch.__version__,
-        "eval_start": {k: pick(start, k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
-                                                    "format_rate", "length_mean")},
-        "eval_end": {k: pick(end, k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
-                                                "format_rate", "length_mean")},
-        "train_start": {k: window(metrics, k, True) for k in ("reward/total", "policy/entropy", "gate/eur")},
-        "train_end": {k: window(metrics, k, False) for k in ("reward/total", "policy/entropy", "gate/eur")},
-        "eur_mean": _mean(metrics, "gate/eur"),
-        "eur_mean_off_policy": _mean([m for m in metrics if not is_on_policy(m)], "gate/eur"),
-        "seconds_per_step": _mean(metrics, "time/step"),
-    }
-
-
-def _mean(records, key) -> float:
-    values = [r[key] for r in records if r.get(key) is not None]
-    return sum(values) / len(values) if values else float("nan")
+            plot_run(run.path)
+            write_run_json(run.path, cfg, "finished", cfg.steps, final_eval_accuracy=final_eval.get("eval/accuracy"))
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: the newest checkpoint is the state to resume from
+            write_run_json(run.path, cfg, "interrupted", done)
+            raise RunInterrupted(interrupt_message(run, cfg, done, aborted=True),
+                                 128 + (stop.signum or signal.SIGINT)) from None
+        except BaseException:
+            write_run_json(run.path, cfg, "failed", done)
+            raise
+        finally:  # closing twice is harmless; these must close on every path
+            bar.close()
+            log.close()
+            eval_log.close()
+            sinks.close()
+    return TrainResult(run.path, summary)

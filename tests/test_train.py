@@ -30,7 +30,7 @@ def tiny_random_model(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny_random")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, PretrainConfig(hidden_size=32, num_layers=2, num_heads=2,
-                                                  intermediate_size=64))
+                                                  intermediate_size=64, max_positions=256))  # room for GSM8K prompts
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return str(out)
@@ -67,13 +67,17 @@ def test_end_to_end_writes_everything(tiny_random_model, tmp_path):
     assert result.summary["eval_end"]["accuracy"] == read_jsonl(out / "eval.jsonl")[-1]["eval/accuracy"]
 
 
-def test_refuses_to_overwrite_a_run(tiny_random_model, tmp_path):
+def test_refuses_to_overwrite_a_run_and_overwrite_moves_it_aside(tiny_random_model, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="--resume --out .*--overwrite"):
         train(small_config(tiny_random_model, out))
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    train(small_config(tiny_random_model, out, "steps=1", "eval.size=0"), overwrite=True)
+    old = [p for p in out.iterdir() if p.name.startswith(".old-")]
+    assert len(old) == 1 and (old[0] / "metrics.jsonl").read_text() == '{"step": 1}\n'  # kept, not deleted
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
 def test_on_policy_settings_warn(tiny_random_model, tmp_path):
@@ -269,8 +273,8 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_random_model, tmp_path):
     assert orphaned and all(r["rl_step"] == 3 for r in orphaned)  # kept, not lost
 
 
-def test_resume_without_checkpoint_is_an_error(tiny_random_model, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+def test_resume_without_a_run_is_an_error(tiny_random_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no run to resume"):
         train(small_config(tiny_random_model, tmp_path / "empty"), resume=True)
 
 
@@ -385,3 +389,194 @@ def test_docs_design_lists_every_logged_metric_key(tiny_random_model, tmp_path):
     section = page[page.index("Per-step keys in metrics.jsonl"):page.index("## Config keys")]
     listed = set(re.findall(r"`([a-z_]+(?:/[a-z_0-9]+)?)`", section))
     assert logged <= listed, f"logged but not in docs/design.md: {sorted(logged - listed)}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs that survive people: resume from the saved config, status, signals, no dead-end directories.
+
+SMALL = ["steps=3", "rollout.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=12",
+         "algo.minibatches=2", "algo.micro_batch_size=4", "eval.size=8", "eval.every=2", "eval.batch_size=8",
+         "log.progress=false", "model.threads=1"]
+
+
+def cli_sets(model: str, *extra: str) -> list[str]:
+    return sum((["--set", s] for s in [f"model.name_or_path={model}", *SMALL, *extra]), [])
+
+
+def fail_at_rl_step(monkeypatch, bad_step: int) -> None:
+    """Make the update phase of RL step ``bad_step`` (1-based) raise, as a crash would."""
+    import softgate.train as train_module
+
+    real, calls = train_module.update_phase, []
+
+    def update_phase(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == bad_step:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "update_phase", update_phase)
+
+
+def test_resume_continues_the_saved_config_and_refuses_changes(tiny_random_model, tmp_path, monkeypatch, capsys):
+    from softgate.cli import main
+
+    out = tmp_path / "run"
+    fail_at_rl_step(monkeypatch, 3)  # dies in step 3 after the step-2 checkpoint
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["train", *cli_sets(tiny_random_model, "log.save_every=2"), "--out", str(out)])
+    monkeypatch.undo()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    capsys.readouterr()
+    # Without --resume: one line saying what to do.
+    assert main(["train", *cli_sets(tiny_random_model, "log.save_every=2"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "failed at step 2 of 3" in err and f"softgate train --resume --out {out}" in err
+    # A change of the run is refused, naming the key; nothing ran.
+    assert main(["train", "--resume", "--out", str(out), "--set", "optim.lr=0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr (0.0001 -> 0.001)" in err and "--allow-change optim.lr" in err
+    assert max(r["rl_step"] for r in read_jsonl(out / "metrics.jsonl")) == 2
+    # --resume with nothing else continues the saved 3-step run (the defaults would say 100 steps, embedded model).
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["steps"] == 3 and run["last_step"] == 3
+    assert [r["rl_step"] for r in read_jsonl(out / "metrics.jsonl")] == [1] * 4 + [2] * 4 + [3] * 4
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out)]) == 0  # finished: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    # steps may change without --allow-change: the run is extended.
+    assert main(["train", "--resume", "--out", str(out), "--set", "steps=4"]) == 0
+    assert max(r["rl_step"] for r in read_jsonl(out / "metrics.jsonl")) == 4
+    assert "steps: 3 -> 4" in capsys.readouterr().out
+
+
+def test_resume_config_allows_named_changes(tiny_random_model, tmp_path):
+    from softgate.config import ConfigError, save_config
+    from softgate.config.loading import load_resume_config
+
+    saved = tmp_path / "config.yaml"
+    save_config(small_config(tiny_random_model, tmp_path), saved)
+    cfg, changed = load_resume_config(saved, None, [f"model.name_or_path={tiny_random_model}", "eval.every=5"])
+    assert cfg.eval.every == 5 and changed == ["eval.every: 2 -> 5"]  # same value given again: no change
+    with pytest.raises(ConfigError, match=r"gate.tau_pos \(10.0 -> 3.0\), optim.lr"):
+        load_resume_config(saved, None, ["gate.tau_pos=3", "optim.lr=1e-3"])
+    cfg, _ = load_resume_config(saved, None, ["gate.tau_pos=3", "optim.lr=1e-3"], allow=["gate.*", "optim.lr"])
+    assert cfg.gate.params["tau_pos"] == 3.0 and cfg.optim.lr == 1e-3
+
+
+def test_a_failure_before_any_checkpoint_is_no_dead_end(tiny_random_model, tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    train(small_config(tiny_random_model, reference, "log.save_every=0"))
+    out = tmp_path / "run"
+    fail_at_rl_step(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(small_config(tiny_random_model, out, "log.save_every=0"))
+    monkeypatch.undo()
+    assert not (out / "checkpoints").exists()
+    with pytest.raises(FileExistsError, match=r"from step 0 \(no checkpoint yet\)"):
+        train(small_config(tiny_random_model, out, "log.save_every=0"))
+    train(small_config(tiny_random_model, out, "log.save_every=0"), resume=True)  # starts again from step 0
+    assert strip(read_jsonl(out / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
+    assert read_jsonl(out / "eval.jsonl") == read_jsonl(reference / "eval.jsonl")
+    assert [r["rl_step"] for r in read_jsonl(out / "metrics.orphaned.jsonl")] == [1, 1, 1, 1]  # kept aside
+
+
+def test_graceful_stop_first_signal_asks_second_aborts(capsys):
+    from softgate.stopping import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "stopping after this RL step" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_resume_equals_the_uninterrupted_run(tiny_random_model, tmp_path, sig):
+    from softgate.cli import main
+
+    extra = ["steps=4", "log.save_every=0"]  # no periodic checkpoint: the one resumed from is the signal's
+    reference = tmp_path / "reference"
+    train(small_config(tiny_random_model, reference, *extra))
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "softgate.cli", "train", *cli_sets(tiny_random_model, *extra), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # signal once step 1 is logged
+        if (out / "metrics.jsonl").exists() and read_jsonl(out / "metrics.jsonl"):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("softgate train: interrupted after step ") and last.endswith(
+        f"with: softgate train --resume --out {out}")
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and 1 <= run["last_step"] < 4
+    assert (out / "checkpoints" / f"step_{run['last_step']:06d}" / "state.json").is_file()
+
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    assert strip(read_jsonl(out / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
+    assert read_jsonl(out / "eval.jsonl") == read_jsonl(reference / "eval.jsonl")
+
+
+def test_missing_tracker_is_named_before_the_model_loads(tiny_random_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    import softgate.lifecycle
+
+    monkeypatch.setattr(softgate.lifecycle, "load_policy", lambda cfg: pytest.fail("the model loaded"))
+    with pytest.raises(ImportError, match=r"pip install 'softgate\[tracking\]'"):
+        train(small_config(tiny_random_model, tmp_path / "run", "log.tensorboard=true"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_prompts_over_the_model_context_are_an_error_and_unknown_words_a_warning(tmp_path):
+    gsm8k = ["task.name=gsm8k", "task.train_file=tests/fixtures/gsm8k.jsonl",
+             "task.test_file=tests/fixtures/gsm8k.jsonl", f"output_dir={tmp_path / 'run'}", "model.threads=1"]
+    # The embedded tiny model has 128 positions; the first GSM8K prompt is 122 of its tokens.
+    with pytest.warns(UserWarning, match=r"task gsm8k: .* \(54%\) are the unknown token '<unk>' of the tokenizer"):
+        with pytest.raises(ValueError, match=r"rollout.max_new_tokens: training example 'gsm8k:0' of task gsm8k "
+                                             r"has a 122-token prompt; \+ 48 new tokens = 170 > the model's context "
+                                             r"of 128 positions"):
+            train(load_config(None, gsm8k))
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no directory behind
+
+
+def test_checkpoint_writes_draw_no_progress_bar(tiny_random_model, tmp_path, capfd):
+    train(small_config(tiny_random_model, tmp_path / "run", "steps=1", "eval.size=0"))
+    captured = capfd.readouterr()
+    assert "Writing model shards" not in captured.err + captured.out
+
+
+def test_an_abort_mid_step_marks_the_run_interrupted_with_the_resume_command(tiny_random_model, tmp_path,
+                                                                              monkeypatch):
+    import softgate.train as train_module
+    from softgate.rundir import RunInterrupted
+
+    real, calls = train_module.update_phase, []
+
+    def update_phase(*args, **kwargs):  # a second Ctrl-C raises KeyboardInterrupt wherever the loop is
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "update_phase", update_phase)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=rf"aborted during step 3 of 3 \(checkpoint step_000002\); resume from "
+                                             rf"step 2 with: softgate train --resume --out {out}$") as info:
+        train(small_config(tiny_random_model, out))
+    assert info.value.exit_code == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"

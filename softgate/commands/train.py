@@ -1,4 +1,5 @@
-"""``softgate train``: one RL run from a YAML config plus ``--set key=value`` overrides."""
+"""``softgate train``: one RL run from a YAML config plus ``--set key=value`` overrides, or ``--resume`` of a run
+from its saved config."""
 
 from __future__ import annotations
 
@@ -24,30 +25,74 @@ def _key_help() -> str:
     return "config keys (defaults = the embedded demo; see docs/config.md):\n" + "\n".join(lines)
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options `train` and `demo` share: overrides and threads."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set gate.name=erf --set seed=1 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (same as --set model.threads=N; default 0 = automatic: the usable cores "
+                        "minus the machine's load, see docs/cli.md)")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.overrides, *([f"model.threads={args.threads}"] if args.threads is not None else [])]
+
+
 def add_parser(subparsers) -> None:
+    from softgate.config.loading import RESUME_MAY_CHANGE
+
     p = subparsers.add_parser(
         "train", help="run RL (GRPO family with any gate) on a Hugging Face causal LM",
         description="Run smooth-gated RL. Without CONFIG the defaults train the embedded tiny model on the "
-                    "synthetic task.",
+                    "synthetic task. Ctrl-C (or SIGTERM) stops at the next RL step with a checkpoint and prints "
+                    "the command that resumes the run.",
         epilog=_key_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config file (e.g. configs/embedded.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set gate.name=erf --set seed=1 (repeatable)")
-    p.add_argument("--output-dir", help="run directory (same as --set output_dir=DIR)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint")
+    add_run_options(p)
+    p.add_argument("--out", "--output-dir", dest="out", metavar="DIR",
+                   help="run directory (same as --set output_dir=DIR; --output-dir is the old spelling)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its newest checkpoint (from step 0 if it has none), "
+                           "with its saved config.yaml; CONFIG and --set may only repeat it, or change "
+                           f"{', '.join(RESUME_MAY_CHANGE)} and the keys of --allow-change")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="start over in a directory that holds a run; the old run is moved to --out/.old-<time>/ "
+                           "(never deleted)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="with --resume: let KEY differ from the saved config (KEY=VALUE also sets it); repeatable")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from softgate.config import load_config
+    from softgate.config.loading import load_resume_config
+    from softgate.rundir import RunDir
     from softgate.train import train
 
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    cfg = load_config(args.config, overrides)  # errors: one line from softgate.cli, exit code 2
-    result = train(cfg, resume=args.resume)
+    overrides = run_overrides(args)
+    allow = []
+    for item in args.allow_change:
+        key, sep, _ = item.partition("=")
+        allow.append(key.strip())
+        if sep:
+            overrides.append(item)
+    # Config errors: one line from softgate.cli, exit code 2.
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out DIR, the run directory to continue")
+        RunDir(args.out).require_resumable()
+        cfg, changed = load_resume_config(RunDir(args.out).config_yaml, args.config,
+                                          [*overrides, f"output_dir={args.out}"], allow)
+        for change in changed:
+            if not change.startswith("output_dir:"):
+                print(f"resume: {change}")
+    else:
+        if allow:
+            raise ValueError("--allow-change applies to --resume only (a new run takes any config)")
+        cfg = load_config(args.config, [*overrides, *([f"output_dir={args.out}"] if args.out else [])])
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print_summary(result.summary)
     return 0
 

@@ -1,6 +1,8 @@
 """Loading a config: YAML file (with line numbers) -> dotted ``--set`` overrides -> typed dataclasses -> validation.
 
-Errors name the key, and the file and line when the value came from a YAML file.
+Errors name the key and where its value came from: ``FILE:LINE`` for a YAML file, ``--set KEY=VALUE`` for an
+override, nothing for a default. ``load_resume_config`` is the config of a resumed run (its saved config.yaml, with
+only the changes the user allows).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from softgate.config.validation import validate
 
 def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse a YAML mapping and remember the line of every dotted key (for error messages)."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -145,7 +150,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, locate) -> Any:
 RENAMED_KEYS = {"model.dtype": "model.compute_dtype"}
 
 
-def _apply_renames(data: dict[str, Any], lines: dict[str, int]) -> None:
+def _apply_renames(data: dict[str, Any], origins: dict[str, str]) -> None:
     import warnings
 
     for old, new in RENAMED_KEYS.items():
@@ -155,41 +160,115 @@ def _apply_renames(data: dict[str, Any], lines: dict[str, int]) -> None:
             warnings.warn(f"config key {old} is now {new} (parameters stay float32; see docs/training.md)",
                           DeprecationWarning, stacklevel=3)
             data.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
-            if old in lines:
-                lines[new] = lines.pop(old)
+            if old in origins:
+                origins[new] = origins.pop(old)
 
 
-def config_from_dict(data: dict[str, Any], *, source: str | None = None, lines: dict[str, int] | None = None) -> Config:
-    """Build and validate a :class:`Config` from a nested dict."""
-    lines = lines or {}
-    _apply_renames(data, lines)
+def _locator(origins: dict[str, str]):
+    """``locate(key)``: where the value of ``key`` came from, as an error prefix (``"FILE:LINE: "`` or
+    ``"--set KEY=VALUE: "``), or ``""`` for a default. Among the key itself, the keys inside it (a section) and a
+    section given whole with ``--set 'gate={...}'``, the last one given wins (``origins`` is in the order given)."""
 
     def locate(key: str) -> str:
-        if source is None:
-            return ""
-        return f"{source}:{lines[key]}: " if key in lines else f"{source}: "
+        found = [where for k, where in origins.items()
+                 if k == key or k.startswith(key + ".") or (key.startswith(k + ".") and where.startswith("--set"))]
+        return f"{found[-1]}: " if found else ""
 
+    return locate
+
+
+def config_from_dict(data: dict[str, Any], *, source: str | None = None, lines: dict[str, int] | None = None,
+                     origins: dict[str, str] | None = None) -> Config:
+    """Build and validate a :class:`Config` from a nested dict. Errors are located by ``origins`` (dotted key ->
+    ``"FILE:LINE"`` or ``"--set KEY=VALUE"``), or by ``source`` and its ``lines`` (dotted key -> line)."""
+    where = {key: f"{source}:{line}" for key, line in (lines or {}).items()} if source else {}
+    where.update(origins or {})
+    _apply_renames(data, where)
+    locate = _locator(where)
     cfg = _build(Config, data, "", locate)
     validate(cfg, locate)
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def _read_layers(files: list[Path], overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """YAML files merged in order, then ``key=value`` overrides; returns the data and each dotted key's origin."""
     data: dict[str, Any] = {}
-    lines: dict[str, int] = {}
-    source = None
-    if path is not None:
-        path = Path(path)
+    origins: dict[str, str] = {}
+    for path in files:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data, lines = _yaml_with_lines(path)
-        source = str(path)
-    for item in overrides or []:
+        layer, lines = _yaml_with_lines(path)
+        _merge(data, layer)
+        origins.update({key: f"{path}:{line}" for key, line in lines.items()})
+    for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-        lines.pop(key, None)  # the value no longer comes from the file
-    return config_from_dict(data, source=source, lines=lines)
+        _forget(origins, [key])  # the value (and anything under it) no longer comes from a file
+        origins[key] = f"--set {item}"
+    return data, origins
+
+
+def _forget(origins: dict[str, str], keys) -> None:
+    for key in list(keys):
+        for known in [k for k in origins if k == key or k.startswith(key + ".")]:
+            del origins[known]
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Deep-merge ``layer`` into ``base`` (sections merge key by key; values replace)."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data, origins = _read_layers([Path(path)] if path is not None else [], list(overrides or []))
+    return config_from_dict(data, origins=origins)
+
+
+# Keys a resumed run may change without --allow-change: its length, evaluation, logging and resources. A trailing
+# ".*" allows a whole section. Anything else would make the resumed run a different run than the saved one.
+RESUME_MAY_CHANGE = ("steps", "output_dir", "eval.*", "log.*", "model.threads", "grader.workers")
+
+
+def load_resume_config(saved: str | Path, path: str | Path | None = None, overrides: list[str] | None = None,
+                       allow: list[str] | None = None) -> tuple[Config, list[str]]:
+    """The config of a run to resume: its saved ``config.yaml``, with the config file ``path`` and ``overrides``
+    on top. Refuses (``ConfigError`` naming the keys) when they change a key that is neither in
+    ``RESUME_MAY_CHANGE`` nor in ``allow``; returns the config and the changed keys as ``"key: old -> new"``."""
+    saved = Path(saved)
+    base = load_config(saved)
+    files = [saved] + ([Path(path)] if path is not None else [])
+    data, origins = _read_layers(files, list(overrides or []))
+    cfg = config_from_dict(data, origins=origins)
+    before, after = _flatten(to_dict(base)), _flatten(to_dict(cfg))
+    changed = [key for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
+    allowed = [*RESUME_MAY_CHANGE, *(allow or [])]
+    refused = [key for key in changed if not any(_matches(key, pattern) for pattern in allowed)]
+    if refused:
+        details = ", ".join(f"{key} ({before.get(key)!r} -> {after.get(key)!r})" for key in refused)
+        raise ConfigError(f"--resume: {details} would change the run saved in {saved}; resume without changing "
+                          f"{'it' if len(refused) == 1 else 'them'}, or pass --allow-change "
+                          f"{' --allow-change '.join(refused)} if the change is meant")
+    return cfg, [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed]
+
+
+def _matches(key: str, pattern: str) -> bool:
+    """``pattern`` is a dotted key, or a section followed by ``.*`` (every key in it)."""
+    return key == pattern or (pattern.endswith(".*") and key.startswith(pattern[:-1])) or key.startswith(pattern + ".")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "train_mix":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
