@@ -94,5 +94,5 @@ def test_a_binary_data_file_is_named(capsys, tmp_path) -> None:
     junk.write_bytes(b"\x80\x81junk")
     assert main(["train", "--set", "task.name=gsm8k", "--set", f"task.train_file={junk}", "--set",
                  "task.test_file=tests/fixtures/gsm8k.jsonl", "--out", str(tmp_path / "run")]) == 2
-    assert f"task.train_file: {junk}: not a UTF-8 text file" in capsys.readouterr().err
+    assert f"{junk}: line 1: not UTF-8 text" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -9,19 +9,6 @@ import softgate
 from softgate.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_random_model(tmp_path_factory) -> str:
-    from softgate.pretrain import PretrainConfig, build_model
-    from softgate.tokenizer import build_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny_random_eval")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, PretrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-                ).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 def test_eval_synthetic_writes_items_and_summary(tiny_random_model, tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["eval", "--model", tiny_random_model, "--task", "synthetic", "--limit", "6", "--samples", "3",

@@ -65,10 +65,11 @@ def test_from_config_carries_every_key() -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("grader.timeout_s=0", r"^grader\.timeout_s: must be > 0, got 0"),
-    ("grader.workers=0", r"^grader\.workers: must be > 0"),
-    ("grader.memory_mb=-1", r"^grader\.memory_mb: must be >= 0 \(0 = no cap\)"),
-    ("grader.max_answer_chars=0", r"^grader\.max_answer_chars: must be > 0"),
+    # Errors name where the value came from (--set KEY=VALUE), then the key.
+    ("grader.timeout_s=0", r"^--set grader\.timeout_s=0: grader\.timeout_s: must be > 0, got 0"),
+    ("grader.workers=0", r"^--set grader\.workers=0: grader\.workers: must be > 0"),
+    ("grader.memory_mb=-1", r"^--set grader\.memory_mb=-1: grader\.memory_mb: must be >= 0 \(0 = no cap\)"),
+    ("grader.max_answer_chars=0", r"^--set grader\.max_answer_chars=0: grader\.max_answer_chars: must be > 0"),
     ("grader.symbolic=maybe", r"grader\.symbolic"),
     ("grader.timeout=3", r"unknown key 'grader\.timeout'.*timeout_s"),
 ])

@@ -11,7 +11,7 @@ from softgate.forward import completion_logprobs
 from softgate.rundir import RunDir
 from softgate.train import load_policy, train
 
-from test_train import small_config, tiny_random_model  # noqa: F401  (fixture)
+from test_train import small_config
 
 
 def _changed_fraction(model_dir: str, run) -> float:

@@ -18,22 +18,8 @@ from softgate.config import load_config
 from softgate.rundir import read_jsonl
 from softgate.train import train
 
-VOLATILE = ("time", "time/generate", "time/logprobs", "time/train", "time/step", "perf/tokens_per_s")
-
-
-@pytest.fixture(scope="module")
-def tiny_random_model(tmp_path_factory) -> str:
-    """A 2-layer random Llama with the project's tokenizer: fast, and independent of the shipped checkpoint."""
-    from softgate.pretrain import PretrainConfig, build_model
-    from softgate.tokenizer import build_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny_random")
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, PretrainConfig(hidden_size=32, num_layers=2, num_heads=2,
-                                                  intermediate_size=64, max_positions=256))  # room for GSM8K prompts
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return str(out)
+VOLATILE = ("time", "time/generate", "time/logprobs", "time/train", "time/step", "perf/tokens_per_s",
+            "eval/wall_time_s", "eval/tokens_per_s")  # wall-clock figures differ between equal runs
 
 
 def small_config(model: str, out: Path, *extra: str):
@@ -268,7 +254,7 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_random_model, tmp_path):
 
     train(small_config(tiny_random_model, killed, *extra), resume=True)
     assert strip(read_jsonl(killed / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
-    assert read_jsonl(killed / "eval.jsonl") == read_jsonl(reference / "eval.jsonl")
+    assert strip(read_jsonl(killed / "eval.jsonl")) == strip(read_jsonl(reference / "eval.jsonl"))
     orphaned = read_jsonl(killed / "metrics.orphaned.jsonl")
     assert orphaned and all(r["rl_step"] == 3 for r in orphaned)  # kept, not lost
 
@@ -478,7 +464,7 @@ def test_a_failure_before_any_checkpoint_is_no_dead_end(tiny_random_model, tmp_p
         train(small_config(tiny_random_model, out, "log.save_every=0"))
     train(small_config(tiny_random_model, out, "log.save_every=0"), resume=True)  # starts again from step 0
     assert strip(read_jsonl(out / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
-    assert read_jsonl(out / "eval.jsonl") == read_jsonl(reference / "eval.jsonl")
+    assert strip(read_jsonl(out / "eval.jsonl")) == strip(read_jsonl(reference / "eval.jsonl"))
     assert [r["rl_step"] for r in read_jsonl(out / "metrics.orphaned.jsonl")] == [1, 1, 1, 1]  # kept aside
 
 
@@ -526,7 +512,7 @@ def test_signal_saves_a_checkpoint_and_resume_equals_the_uninterrupted_run(tiny_
 
     assert main(["train", "--resume", "--out", str(out)]) == 0
     assert strip(read_jsonl(out / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
-    assert read_jsonl(out / "eval.jsonl") == read_jsonl(reference / "eval.jsonl")
+    assert strip(read_jsonl(out / "eval.jsonl")) == strip(read_jsonl(reference / "eval.jsonl"))
 
 
 def test_missing_tracker_is_named_before_the_model_loads(tiny_random_model, tmp_path, monkeypatch):
