@@ -40,8 +40,12 @@ Backend = Literal["hf", "vllm"]
 """Rollout samplers."""
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
+Engine = Literal["native", "trl"]
+"""Training engines: softgate's own loop (softgate.train) or TRL's GRPOTrainer under accelerate (softgate.engines)."""
+ENGINES: tuple[str, ...] = get_args(Engine)
+
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGG_MODES", "BACKENDS", "DTYPES", "EXTRACT_MODES", "KL_ESTIMATORS", "LEVELS",
-    "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "ExtractMode", "KLEstimator", "Level",
+    "ADVANTAGE_ESTIMATORS", "AGG_MODES", "BACKENDS", "DTYPES", "ENGINES", "EXTRACT_MODES", "KL_ESTIMATORS", "LEVELS",
+    "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "Engine", "ExtractMode", "KLEstimator", "Level",
     "Schedule",
 ]

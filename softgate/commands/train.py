@@ -39,6 +39,7 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def add_parser(subparsers) -> None:
+    from softgate.choices import ENGINES
     from softgate.config.loading import RESUME_MAY_CHANGE
 
     p = subparsers.add_parser(
@@ -62,16 +63,23 @@ def add_parser(subparsers) -> None:
                            "(never deleted)")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY[=VALUE]",
                    help="with --resume: let KEY differ from the saved config (KEY=VALUE also sets it); repeatable")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="who runs the loop (same as --set engine=...; default: the config's engine, native): native "
+                        "or trl (TRL's GRPOTrainer under accelerate, see docs/integrations.md)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="with --engine trl: run N processes under `accelerate launch` (CPU: gloo; GPUs: one each)")
+    p.add_argument("--accelerate-config", metavar="FILE",
+                   help="with --engine trl: an accelerate config (e.g. examples/deepspeed_zero2.yaml) for the launch")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from softgate.config import load_config
     from softgate.config.loading import load_resume_config
+    from softgate.engines import run as run_engine
     from softgate.rundir import RunDir
-    from softgate.train import train
 
-    overrides = run_overrides(args)
+    overrides = [*run_overrides(args), *([f"engine={args.engine}"] if args.engine else [])]
     allow = []
     for item in args.allow_change:
         key, sep, _ = item.partition("=")
@@ -92,7 +100,8 @@ def run(args) -> int:
         if allow:
             raise ValueError("--allow-change applies to --resume only (a new run takes any config)")
         cfg = load_config(args.config, [*overrides, *([f"output_dir={args.out}"] if args.out else [])])
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    result = run_engine(cfg, resume=args.resume, overwrite=args.overwrite, processes=args.processes,
+                        accelerate_config=args.accelerate_config)
     print_summary(result.summary)
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from softgate.choices import AdvantageEstimator, AggMode, Backend, DType, KLEstimator, Level, Schedule
+from softgate.choices import AdvantageEstimator, AggMode, Backend, DType, Engine, KLEstimator, Level, Schedule
 from softgate.grading import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS
 
 if TYPE_CHECKING:  # softgate.gates imports torch; the config stays light so that --help is fast
@@ -217,6 +217,10 @@ class Config:
     """RL steps: each samples one rollout batch and makes num_iterations x minibatches optimizer steps."""
     output_dir: str = "runs/default"
     """Run directory (metrics.jsonl, checkpoints/, plots/, summary.json)."""
+    engine: Engine = "native"
+    """Who runs the loop: ``native`` (softgate's own trainer) or ``trl`` (TRL's GRPOTrainer with softgate's loss, under
+    accelerate; ``softgate train --processes N`` for several processes). Same run directory either way; the keys the
+    trl engine cannot honour are refused by name (docs/integrations.md)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
