@@ -156,18 +156,24 @@ def build_trainer(cfg: Config, *, processes: int = 1, callbacks: list | None = N
     """The engine's trainer for ``cfg`` on this process (the distributed state is accelerate's). Writes nothing."""
     from accelerate import PartialState
     from datasets import Dataset
+    from transformers import PrinterCallback, ProgressCallback
 
     geo = check_trl_engine(cfg, processes)
     use_cpu = resolve_device(cfg.model.device).type == "cpu"
     args = grpo_config(cfg, Path(cfg.output_dir), geo, use_cpu=use_cpu)
-    device = str(PartialState(cpu=use_cpu).device)  # this process's device: each rank loads onto its own
+    device = PartialState(cpu=use_cpu).device  # this process's device: each rank loads onto its own
+    device = "cpu" if device.type == "cpu" else str(device)
     model, tokenizer, _ = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=device)))
+
     data = _training_data(cfg, tokenizer, model)
     dataset = Dataset.from_dict({"prompt": data.prompts, INDEX_COLUMN: list(range(len(data.prompts)))})
     scorer = RolloutScorer(data, cfg, Grader.from_config(cfg.grader))
     trainer = EngineTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             callbacks=callbacks, softgate_cfg=cfg, geometry=geo, scorer=scorer,
                             run_dir=Path(cfg.output_dir))
+    # transformers prints every log dict (or writes it under its bar); the run's own bar is RunDirLog's.
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
     return trainer
 
 

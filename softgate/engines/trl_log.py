@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from softgate.config import Config, to_dict
@@ -58,6 +59,7 @@ class RunDirLog(TrainerCallback):
         self.done = 0  # RL steps finished
         self._pending: list[dict[str, Any]] = []
         self._writers: tuple[JsonlWriter, JsonlWriter, TrackingSinks] | None = None
+        self._bar: Any = None
         self._t0 = time.perf_counter()
 
     def attach(self, trainer: Any) -> None:
@@ -71,11 +73,16 @@ class RunDirLog(TrainerCallback):
         """Open the logs (rank 0) at RL step ``start``."""
         self.done = start
         if self.main:
+            self._bar = tqdm(total=self.cfg.steps, initial=start, desc="RL (trl)", unit="step",
+                             disable=not self.cfg.log.progress, dynamic_ncols=True)
             self._writers = (self.run.metrics_writer(), self.run.eval_writer(),
                              TrackingSinks(self.run.path, tensorboard=self.cfg.log.tensorboard,
                                            wandb_project=self.cfg.log.wandb_project, config=to_dict(self.cfg)))
 
     def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._writers is not None:
             for writer in self._writers:
                 writer.close()
@@ -125,6 +132,10 @@ class RunDirLog(TrainerCallback):
                     "time": time.time()}
             metrics.write(line)
             sinks.log(line, line["step"])
+        figures = self.trainer.rollout_figures
+        self._bar.update(1)
+        self._bar.set_postfix(reward=f"{figures['reward/total']:.2f}", acc=f"{figures['train/accuracy']:.2f}",
+                              eur=f"{records[-1].get('gate/eur', float('nan')):.3f}")
         every = self.cfg.eval.every
         if every and self.done % every == 0 and self.done < self.cfg.steps and self.cfg.eval.size != 0:
             self.evaluate(model, self.done)

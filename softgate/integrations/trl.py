@@ -43,13 +43,15 @@ Metrics added to TRL's log (``self._metrics``): ``gate/eur``, the paper's Eq. 12
 (per group numerators and denominators summed over the step's micro-batches and all processes before the ratio;
 groups are TRL's, tagged at generation, see :meth:`SoftGateGRPOTrainer._generate_and_score_completions`); averaged
 over processes: ``gate/soft_clip_frac``, ``gate/hard_clip_frac``, ``gate/ratio_mean``, ``gate/ratio_p05``,
-``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl``; ``gate/clamped`` (summed over processes), and
-``gate/ratio_min`` / ``gate/ratio_max`` (min / max over processes).
+``gate/ratio_p50``, ``gate/ratio_p95``, ``gate/approx_kl`` (then averaged over the micro-batches of the logging
+interval, as TRL does); ``gate/clamped`` (summed over processes and micro-batches), and ``gate/ratio_min`` /
+``gate/ratio_max`` (min / max over processes and micro-batches, :meth:`SoftGateGRPOTrainer.log`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -257,6 +259,16 @@ class SoftGateGRPOTrainer(GRPOTrainer):
 
         self._log_softgate_metrics(mode, stats, entropy_BT, mask, kl_BT)
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with ``gate/ratio_min`` / ``gate/ratio_max`` / ``gate/clamped`` the min / max / sum over the
+        micro-batches of the logging interval (TRL would average the per-micro-batch values)."""
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for key, reduce in (("gate/ratio_min", min), ("gate/ratio_max", max), ("gate/clamped", sum)):
+            values = [v for v in metrics.get(key, []) if not math.isnan(v)]
+            if values:
+                metrics[key] = [reduce(values)]
+        super().log(logs, start_time)
 
     def _kl_to_reference(self, ref_logp_BT: Tensor, logp_BT: Tensor, old_logp_BT: Tensor, mask_BT: Tensor) -> Tensor:
         """TRL's per-token KL penalty: k3 of ``ref - logp``, times the importance ratio when
