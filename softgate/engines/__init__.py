@@ -21,6 +21,9 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, processes
         from softgate.train import train
 
         return train(cfg, resume=resume, overwrite=overwrite)
+    from softgate.engines.trl_args import check_trl_engine
+
+    check_trl_engine(cfg, processes)  # refused keys in one line, before TRL is imported
     if processes == 1 and not accelerate_config:
         from softgate.engines.trl import train_trl
 
@@ -32,13 +35,11 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, processes
 def _launched(cfg: Config, *, resume: bool, overwrite: bool, processes: int, accelerate_config: str | None) -> Any:
     """Check the run directory here, run the processes, and read back what rank 0 wrote."""
     from softgate.engines.launch import launch
-    from softgate.engines.trl_args import check_trl_engine
     from softgate.lifecycle import prepare_run_dir
     from softgate.rundir import RunDir, RunInterrupted, resume_command
     from softgate.train import TrainResult
 
     run = RunDir(cfg.output_dir)
-    check_trl_engine(cfg, processes)
     if not prepare_run_dir(run, cfg, resume=resume, overwrite=overwrite):
         return TrainResult(run.path, run.read_summary() or {})
     code = launch(cfg, processes=processes, resume=resume, accelerate_config=accelerate_config)

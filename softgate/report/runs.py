@@ -1,9 +1,11 @@
 """Runs and variants of a report: run directories read through ``softgate.rundir``, grouped by gate.
 
 A run's variant is its gate's label (``GateSpec.label``: ``sigmoid-10-12``, ``student-10-12-8``), so two runs
-share a variant exactly when they share a gate, whatever parameters the gate has; a run that belongs to a sweep
-(``sweep.json`` above it) takes its cell's variant name instead. Bare logs (no run.json, no config.yaml) are named
-after their directory.
+share a variant exactly when they share a gate, whatever parameters the gate has; when the runs of a report come
+from more than one engine (run.json's ``engine``: native, trl), the label carries the engine
+(``sigmoid-10-12@trl``), so that the same gate on two engines is two variants side by side. A run that belongs to
+a sweep (``sweep.json`` above it) takes its cell's variant name instead (a sweep over ``engine`` names it in the
+cell). Bare logs (no run.json, no config.yaml) are named after their directory.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class Run:
     def status(self) -> str:
         """finished | running | interrupted | failed, or unknown (no run.json)."""
         return self.info.status if self.info else "unknown"
+
+    @property
+    def engine(self) -> str:
+        """Who trained it: run.json's engine, else config.yaml's, else native (runs from before engines)."""
+        return self.info.engine if self.info else str(self.config.get("engine") or "native")
 
     @property
     def steps(self) -> int | None:
@@ -169,6 +176,9 @@ def _apply_manifests(runs: list[Run]) -> None:
 def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
     """Discover and load every run under ``paths``; name sweep cells; set display labels."""
     runs = [load_run(d) for d in find_runs(paths)]
+    if len({run.engine for run in runs}) > 1:  # the same gate on two engines: two variants
+        for run in runs:
+            run.variant = f"{run.variant}@{run.engine}"
     _apply_manifests(runs)
     common = Path(os.path.commonpath([str(r.path) for r in runs]))
     for run in runs:
