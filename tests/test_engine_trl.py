@@ -202,9 +202,10 @@ def _train_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_run_directory_and_resume(tiny_random_model: str, tmp_path: Path) -> None:
+def test_two_processes_run_directory_and_resume(tmp_path: Path) -> None:
+    """The embedded tiny model (its rewards vary within a group, so updates move the policy and the gate acts)."""
     out = tmp_path / "run"
-    base = ["--engine", "trl", "--processes", "2", "--out", str(out), "--set", f"model.name_or_path={tiny_random_model}",
+    base = ["--engine", "trl", "--processes", "2", "--out", str(out), "--set", "model.name_or_path=embedded:tiny",
             "--set", "model.device=cpu", "--set", "model.threads=1", "--set", "steps=2", "--set", "task.train_size=16",
             "--set", "rollout.prompts_per_step=2", "--set", "rollout.num_generations=2",
             "--set", "rollout.max_new_tokens=6", "--set", "algo.minibatches=1", "--set", "algo.micro_batch_size=2",
@@ -238,7 +239,7 @@ def test_two_processes_run_directory_and_resume(tiny_random_model: str, tmp_path
     assert logged <= native_keys and native_keys - logged == ABSENT | {"policy/kl_ref"}
     assert [e["rl_step"] for e in run.read_evals()] == [0, 1, 2]
 
-    # Resume with two more... one more step: from checkpoint step_000002, same processes.
+    # Resume for one more step: from checkpoint step_000002, with the same number of processes.
     again = _train_cli("--resume", "--out", str(out), "--set", "steps=3", "--processes", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     info = run.read_info()

@@ -54,7 +54,7 @@ KEY_MAP: dict[str, str] = {
     "optim.max_grad_norm": "max_grad_norm",
     "optim.master_weights": "softgate (parameter dtype at load)",
     "eval.*": "softgate (softgate.evaluation on rank 0 at RL-step boundaries)",
-    "log.progress": "disable_tqdm",
+    "log.progress": "softgate (the run's progress bar on rank 0; TRL's own bar and log printing are removed)",
     "log.tensorboard, log.wandb_project": "softgate (the same sinks as the native engine)",
     "log.save_every": "save_steps = save_every x updates per RL step",
     "log.keep_checkpoints": "softgate (prunes checkpoints/step_*)",
