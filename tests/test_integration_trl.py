@@ -224,6 +224,22 @@ def test_gate_metrics_are_logged(tiny_dir: Path, tmp_path: Path) -> None:
     assert 0 < m["gate/eur"] < 1 and m["gate/clamped"] == 0
 
 
+def test_log_reduces_min_max_and_clamped_exactly(tiny_dir: Path, tmp_path: Path) -> None:
+    """Over the micro-batches of a logging interval: min of the minima, max of the maxima, sum of the clamped
+    counts (TRL's log would average them); the other gate figures stay TRL's mean."""
+    ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path)
+    ours.model.train()
+    metrics = ours._metrics["train"]
+    metrics["gate/ratio_min"] += [0.9, 0.7, float("nan")]  # NaN: a micro-batch without valid tokens
+    metrics["gate/ratio_max"] += [1.1, 1.4, 1.2]
+    metrics["gate/clamped"] += [1.0, 0.0, 2.0]
+    metrics["gate/ratio_mean"] += [1.0, 0.94]
+    ours.log({"loss": 0.5})
+    logged = ours.state.log_history[-1]
+    assert (logged["gate/ratio_min"], logged["gate/ratio_max"], logged["gate/clamped"]) == (0.7, 1.4, 3.0)
+    assert logged["gate/ratio_mean"] == pytest.approx(0.97)
+
+
 def test_on_policy_batch_gives_eur_one(tiny_dir: Path, tmp_path: Path) -> None:
     """Without old log-probs (one update per rollout) r = 1 exactly: every admissible gate has f'(1) = 1."""
     ours = _trainer(SoftGateGRPOTrainer, SoftGateGRPOConfig, tiny_dir, tmp_path, softgate_gate="arctan",
