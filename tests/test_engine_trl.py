@@ -20,7 +20,7 @@ pytest.importorskip("trl")
 from softgate.config import Config, ConfigError, load_config  # noqa: E402
 from softgate.engines.launch import launch_command  # noqa: E402
 from softgate.engines.trl_args import KEY_MAP, NATIVE_ONLY_SPEED, check_trl_engine, geometry  # noqa: E402
-from softgate.rundir import RunDir, read_jsonl  # noqa: E402
+from softgate.rundir import RunDir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keys of metrics.jsonl the trl engine cannot provide: TRL does not time generation, log-probs and updates apart.

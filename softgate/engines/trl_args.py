@@ -8,6 +8,7 @@ listed in :data:`NATIVE_ONLY_SPEED`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,15 @@ def grpo_config(cfg: Config, run_dir: Path, geo: Geometry, *, use_cpu: bool) -> 
 
     spec = cfg.gate.spec()
     save_steps = (cfg.log.save_every or cfg.steps) * geo.updates_per_step
-    return SoftGateGRPOConfig(
+    with warnings.catch_warnings():
+        # transformers 5 renames gradient_checkpointing; TRL 1.16 still reads (and defaults) the old field.
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
+        return _softgate_grpo_config(SoftGateGRPOConfig, cfg, run_dir, geo, spec, save_steps, use_cpu)
+
+
+def _softgate_grpo_config(config_cls: type, cfg: Config, run_dir: Path, geo: Geometry, spec: Any, save_steps: int,
+                          use_cpu: bool) -> Any:
+    return config_cls(
         output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed, max_steps=geo.max_steps,
         use_cpu=use_cpu, bf16=cfg.model.compute_dtype == "bfloat16", fp16=cfg.model.compute_dtype == "float16",
         disable_dropout=cfg.model.disable_dropout, gradient_checkpointing=cfg.model.gradient_checkpointing,
