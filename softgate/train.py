@@ -313,6 +313,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
     ``overwrite`` moves a run found there aside first. Ctrl-C or SIGTERM stops at the next RL-step boundary with a
     checkpoint (``RunInterrupted``); a second one aborts at once. (Longer than 80 lines: the loop reads top to
     bottom in one place, as nanoGPT's does.)"""
+    if cfg.engine != "native":
+        raise ValueError(f"engine={cfg.engine!r}: softgate.train.train is the native engine; use softgate.engines.run "
+                         f"or `softgate train --engine {cfg.engine}`")
     run = RunDir(cfg.output_dir)
     check_trackers(tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project)  # before the model loads
     if not prepare_run_dir(run, cfg, resume=resume, overwrite=overwrite):

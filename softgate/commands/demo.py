@@ -27,7 +27,7 @@ def run(args) -> int:
     from softgate.commands.train import print_summary, run_overrides
     from softgate.config import load_config
     from softgate.rundir import RunDir
-    from softgate.train import train
+    from softgate.engines import run as run_engine
 
     out = Path(args.out)
     suffix = 0
@@ -42,6 +42,6 @@ def run(args) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(None, [*overrides, *run_overrides(args), f"output_dir={out}"])
-    result = train(cfg)
+    result = run_engine(cfg)  # the config's engine (native unless --set engine=trl)
     print_summary(result.summary)
     return 0
