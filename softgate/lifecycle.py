@@ -54,7 +54,7 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **extra: Any) -> None:
     RunDir(run_dir).write_info(RunInfo(status=status, gate=cfg.gate.spec().to_dict(), seed=cfg.seed, steps=cfg.steps,
                                        last_step=last_step, task=cfg.task.name, model=cfg.model.name_or_path,
-                                       extra=extra))
+                                       engine=cfg.engine, extra=extra))
 
 
 def load_policy(cfg: Config):

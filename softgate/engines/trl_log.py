@@ -139,7 +139,7 @@ class RunDirLog(TrainerCallback):
         every = self.cfg.eval.every
         if every and self.done % every == 0 and self.done < self.cfg.steps and self.cfg.eval.size != 0:
             self.evaluate(model, self.done)
-        write_run_json(self.run.path, self.cfg, "running", self.done, engine="trl")
+        write_run_json(self.run.path, self.cfg, "running", self.done)
 
     def _stop_agreed(self) -> bool:
         """True on every rank when a signal reached any rank (the ranks must stop at the same step)."""
