@@ -201,7 +201,7 @@ def train_trl(cfg: Config, *, resume: bool = False, overwrite: bool = False, pre
             run.truncate_logs_after(start)
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_yaml)
-        write_run_json(run.path, cfg, "running", start, engine=ENGINE)
+        write_run_json(run.path, cfg, "running", start)
     trainer.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {}
     with GracefulStop() as stop:
@@ -212,7 +212,7 @@ def train_trl(cfg: Config, *, resume: bool = False, overwrite: bool = False, pre
             done = trainer.state.global_step // log.geometry.updates_per_step
             if log.stopped and done < cfg.steps:
                 if main:
-                    write_run_json(run.path, cfg, "interrupted", done, engine=ENGINE)
+                    write_run_json(run.path, cfg, "interrupted", done)
                 raise RunInterrupted(interrupt_message(run, cfg, done, aborted=False), 128 + (stop.signum or 2))
             if main:
                 summary = _finish(trainer, log, run, cfg)
@@ -222,7 +222,7 @@ def train_trl(cfg: Config, *, resume: bool = False, overwrite: bool = False, pre
         except BaseException as err:
             if main:
                 status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-                write_run_json(run.path, cfg, status, log.done, engine=ENGINE)
+                write_run_json(run.path, cfg, status, log.done)
             raise
         finally:
             log.close()
@@ -238,6 +238,6 @@ def _finish(trainer: EngineTrainer, log: Any, run: RunDir, cfg: Config) -> dict[
     summary = build_summary(run.path, cfg)
     run.write_summary(summary)
     plot_run(run.path)
-    write_run_json(run.path, cfg, "finished", cfg.steps, engine=ENGINE,
+    write_run_json(run.path, cfg, "finished", cfg.steps,
                    final_eval_accuracy=final_eval.get("eval/accuracy"))
     return summary
