@@ -141,6 +141,10 @@ class AlgoConfig:
     """If set, adapt tau_pos/tau_neg (keeping their ratio) so the Effective Update Ratio tracks this value."""
     eur_rate: float = 2.0
     """Step size of the EUR controller: tau *= exp(eur_rate * (EUR - target)) after each off-policy update."""
+    staleness: int = 0
+    """k: sample each rollout (and compute its old log-probs) with the policy as it was k optimizer steps earlier,
+    as an asynchronous pipeline with lag k does; fewer in the first k steps of a run (the start policy is the
+    oldest there is). Costs k CPU copies of the weights and a second model instance. 0 = the current policy."""
 
 
 @dataclass
