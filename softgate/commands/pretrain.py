@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--difficulty", type=int, nargs="+", default=list(d.difficulty), help="task levels (1 2 3)")
+    p.add_argument("--difficulty", type=int, nargs="+", default=list(d.difficulty),
+                   help="task levels (1 2 3 4; 4 = long reasoning)")
     p.add_argument("--format-noise", type=float, default=d.format_noise, help="share of targets with a format defect")
     p.add_argument("--format-rate", type=float, default=d.format_rate,
                    help="share of targets in the <think>/<answer> format at all; the rest are plain equations and "
