@@ -1,4 +1,5 @@
-"""Atomic checkpoints: model + tokenizer (safetensors), optimizer, scheduler, RNG states and trainer state.
+"""Atomic checkpoints: model + tokenizer (safetensors), optimizer, scheduler, RNG states, trainer state and, with
+``algo.staleness``, the ring of lagged policy states (``policy_ring.pt``).
 
 A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX`` and renamed to ``checkpoints/step_XXXXXX`` only when
 complete, so a run killed mid-write leaves no half checkpoint that resume could pick up.
@@ -20,6 +21,7 @@ import torch
 
 from softgate.rundir import RunDir
 
+POLICY_RING_FILE = "policy_ring.pt"
 
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
@@ -37,8 +39,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest."""
+                    keep: int = 2, policy_ring: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest. ``policy_ring``: the lagged
+    policy states of ``softgate.staleness.BehaviourPolicy`` (oldest first), saved when given."""
     root = RunDir(run_dir).checkpoints
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -54,6 +57,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     rng = rng_state()
     torch.save({**rng, "python": _py_state_to_list(rng["python"]), "numpy": _np_state_to_list(rng["numpy"])},
                tmp / "rng.pt")
+    if policy_ring is not None:
+        torch.save(policy_ring, tmp / POLICY_RING_FILE)
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
@@ -80,7 +85,8 @@ def no_progress_bars() -> Iterator[None]:
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model weights, optimizer, scheduler and RNG states; return the saved trainer state."""
+    """Restore model weights, optimizer, scheduler and RNG states; return the saved trainer state (with the lagged
+    policy states under ``"policy_ring"`` when the checkpoint holds them)."""
     from safetensors.torch import load_file
 
     weights = path / "model.safetensors"
@@ -98,7 +104,10 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     rng = torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
     set_rng_state({**rng, "python": _py_state_from_list(rng["python"]), "numpy": _np_state_from_list(rng["numpy"])})
-    return json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text())
+    if (path / POLICY_RING_FILE).is_file():
+        state["policy_ring"] = torch.load(path / POLICY_RING_FILE, weights_only=True, map_location="cpu")
+    return state
 
 
 def _tied_keys(model) -> set[str]:

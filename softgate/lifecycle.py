@@ -29,6 +29,7 @@ from softgate.grading import Grader
 from softgate.modeling import disable_dropout, load_model_and_tokenizer
 from softgate.rollout import make_sampler
 from softgate.rundir import RunDir, RunInfo, is_on_policy, resume_command
+from softgate.staleness import BehaviourPolicy
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -107,6 +108,7 @@ class Setup:
     tokenizer: Any
     device: torch.device
     ref_model: Any  # frozen copy of the start policy for the KL term, or None
+    behaviour: BehaviourPolicy | None  # the lagged policy that samples (algo.staleness > 0), or None
     data: TrainingData
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -128,9 +130,12 @@ def setup(cfg: Config) -> Setup:
     updates = cfg.steps * cfg.algo.num_iterations * cfg.algo.minibatches  # update slots of the whole run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps,
                                                                        updates))
-    sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
+    # With staleness the sampler holds the behaviour policy's model: rollouts come from the lagged weights.
+    behaviour = BehaviourPolicy(model, cfg.algo.staleness) if cfg.algo.staleness > 0 else None
+    sampler = make_sampler(cfg.rollout.backend, behaviour.model if behaviour else model, tokenizer,
+                           shared_prompt=cfg.model.shared_prompt_pass)
     grader = Grader.from_config(cfg.grader)  # its workers stop when train() returns and the grader is collected
-    return Setup(model, tokenizer, device, ref_model, data, optimizer, scheduler, sampler, grader)
+    return Setup(model, tokenizer, device, ref_model, behaviour, data, optimizer, scheduler, sampler, grader)
 
 
 def restore(run: RunDir, s: Setup) -> tuple[int, float, int]:
@@ -143,6 +148,8 @@ def restore(run: RunDir, s: Setup) -> tuple[int, float, int]:
               + (f" ({moved} metric lines moved to metrics.orphaned.jsonl)" if moved else ""))
         return 0, 1.0, 0
     state = load_checkpoint(ckpt, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler)
+    if s.behaviour is not None:
+        s.behaviour.load(state.get("policy_ring", []))
     moved = run.truncate_logs_after(state["step"])
     if moved:
         print(f"resume: {moved} metric lines past step {state['step']} moved to metrics.orphaned.jsonl")

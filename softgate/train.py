@@ -11,7 +11,9 @@ The set-up, resume and run status around the loop live in ``softgate.lifecycle``
 
 The gate only acts when r = pi / pi_old differs from 1, i.e. after the first optimizer step made on a rollout.
 With one pass and one minibatch every update is on-policy and every admissible gate is the plain policy gradient
-(paper, SAPO facts); the trainer warns about it once.
+(paper, SAPO facts); the trainer warns about it once. With ``algo.staleness = k`` the rollouts and their old
+log-probs come from the policy as it was k optimizer steps earlier (``softgate.staleness``), as in an asynchronous
+pipeline: then even the first update of a rollout is off-policy.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from softgate.lifecycle import load_policy as load_policy  # public as softgate.
 from softgate.losses import LossOptions, policy_loss_terms
 from softgate.rollout import Rollout
 from softgate.rundir import JsonlWriter, RunDir, RunInterrupted
+from softgate.staleness import BehaviourPolicy
 from softgate.stopping import GracefulStop
 from softgate.threads import apply_threads
 from softgate.tracking import TrackingSinks, check_trackers
@@ -140,6 +143,7 @@ class RolloutBatch:
         ref_logp: [N, T] log-probs under the reference policy, or None (no KL term)
         adv:      [N] group advantages
         keep:     [N] bool, False for the rows of groups dropped for zero reward variance
+        policy_lag: optimizer steps between the policy that sampled and the policy the updates start from
     """
 
     rollout: Rollout
@@ -147,6 +151,7 @@ class RolloutBatch:
     ref_logp: torch.Tensor | None
     adv: torch.Tensor
     keep: torch.Tensor
+    policy_lag: int = 0
 
 
 def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate,
@@ -182,8 +187,8 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
     return {k: float(v) for k, v in stats.items()}
 
 
-def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: float,
-                 cfg: Config) -> tuple[list[dict[str, Any]], float]:
+def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: float, cfg: Config,
+                 behaviour: BehaviourPolicy | None = None) -> tuple[list[dict[str, Any]], float]:
     """The updates of one RL step: ``algo.num_iterations`` passes over the batch, each split into
     ``algo.minibatches`` minibatches of whole groups (the first pass in order, later passes shuffled), one
     optimizer step per minibatch.
@@ -191,7 +196,9 @@ def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: fl
     Each minibatch is one slot of the learning-rate schedule: a minibatch whose groups were all dropped
     (``algo.drop_zero_variance``) makes no update but still advances the schedule, so that linear and cosine
     schedules end with the run. An update is on-policy when no optimizer step was made since the rollout was
-    sampled (r = 1 exactly, EUR = 1 whatever the gate): the EUR controller skips those.
+    sampled (r = 1 exactly, EUR = 1 whatever the gate): the EUR controller skips those. With a lagged rollout
+    (``batch.policy_lag > 0``) no update is. ``behaviour`` (``algo.staleness > 0``) records the policy before
+    each optimizer step.
 
     Returns one record per update made, and the EUR controller's temperature scale after them.
     """
@@ -212,10 +219,13 @@ def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: fl
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
             lr = scheduler.get_last_lr()[0]
+            if behaviour is not None:
+                behaviour.record(model)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            on_policy = not stepped  # no optimizer step yet on this rollout: pi = pi_old
+            # pi = pi_old only when no optimizer step separates them: none since the rollout, and none before it.
+            on_policy = not stepped and batch.policy_lag == 0
             stepped = True
             if cfg.algo.eur_target is not None and not on_policy:
                 tau_scale = eur_controller_step(tau_scale, stats["eur"], cfg.algo.eur_target, cfg.algo.eur_rate)
@@ -322,7 +332,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         return TrainResult(run.path, run.read_summary() or {})
     torch.manual_seed(cfg.seed)
     apply_threads(cfg.model.threads)
-    if cfg.algo.num_iterations == 1 and cfg.algo.minibatches == 1:
+    if cfg.algo.num_iterations == 1 and cfg.algo.minibatches == 1 and cfg.algo.staleness == 0:
         warnings.warn(
             "algo.num_iterations=1 and algo.minibatches=1: every update is on-policy (r = 1 exactly), so every "
             "admissible gate gives the plain policy gradient and the gate has no effect. Reuse rollouts "
@@ -334,6 +344,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_yaml)  # on resume: the saved config with the changes --resume allowed
         precision = functools.partial(autocast, s.device, cfg.model.compute_dtype)
+        behaviour_model = model if s.behaviour is None else s.behaviour.model  # pi_old: samples and old log-probs
         G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
         updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
         logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
@@ -347,7 +358,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         def checkpoint(step: int) -> None:
             save_checkpoint(run.path, step, model=model, tokenizer=s.tokenizer, optimizer=s.optimizer,
                             scheduler=s.scheduler, state={"tau_scale": tau_scale, "cursor": stream.cursor},
-                            keep=cfg.log.keep_checkpoints)
+                            keep=cfg.log.keep_checkpoints,
+                            policy_ring=s.behaviour.state() if s.behaviour is not None else None)
 
         bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL", unit="step",
                    disable=not cfg.log.progress, dynamic_ncols=True)
@@ -362,7 +374,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 torch.manual_seed(step_seed(cfg.seed, step))
                 batch_idx = stream.take(P)
 
-                # 1. rollout: G completions per prompt from the current policy.
+                # 1. rollout: G completions per prompt from the behaviour policy: the current policy, or with
+                # algo.staleness = k the policy as it was k optimizer steps earlier (fewer at the start of a run).
+                lag = s.behaviour.sync(model) if s.behaviour is not None else 0
                 with precision():  # samples and old log-probs from the same numerics: exactly pi_old
                     rollout = s.sampler.sample([data.prompts[i] for i in batch_idx], G,
                                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -379,7 +393,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 # 3. old log-probs once per rollout batch (and reference log-probs for the KL penalty).
                 model.eval()
                 with precision():
-                    old_logp = rollout_logprobs(model, rollout, **logprob_args)
+                    old_logp = rollout_logprobs(behaviour_model, rollout, **logprob_args)
                     ref_logp = (rollout_logprobs(s.ref_model, rollout, **logprob_args) if s.ref_model is not None
                                 else None)
                 model.train()
@@ -387,10 +401,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
 
                 # 4. update phase, then 5. logging phase: one metrics line per optimizer step.
                 records, tau_scale = update_phase(model, s.optimizer, s.scheduler,
-                                                  RolloutBatch(rollout, old_logp, ref_logp, adv, keep), tau_scale, cfg)
+                                                  RolloutBatch(rollout, old_logp, ref_logp, adv, keep, lag), tau_scale,
+                                                  cfg, s.behaviour)
                 timing = step_timing(t0, t_gen, t_logp, time.perf_counter(), int(rollout.completion_lengths.sum()))
                 log_phase(log, sinks, bar, step, records,
-                          {**rollout_metrics(rewards, rollout), **grader_metrics(graded)}, timing, updates_per_step)
+                          {**rollout_metrics(rewards, rollout), **grader_metrics(graded), "rollout/policy_lag": lag},
+                          timing, updates_per_step)
 
                 done = step + 1
                 if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:

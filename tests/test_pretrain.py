@@ -76,6 +76,35 @@ def test_corruption_rates_and_kinds() -> None:
     assert clean == [p.completion for p in problems[:100]]
 
 
+def test_format_rate_makes_plain_targets_and_leaves_the_default_recipe_alone() -> None:
+    from softgate import rewards
+
+    problems = synthetic.generate(2000, seed=2, difficulty=[1, 2])
+    # format_rate = 1 draws nothing more from the noise stream: the embedded:tiny recipe's targets are unchanged.
+    a, b = random.Random(5), random.Random(5)
+    assert [pretrain.corrupt_completion(p, a, 0.6, 0.6) for p in problems[:300]] == [
+        pretrain.corrupt_completion(p, b, 0.6, 0.6, format_rate=1.0) for p in problems[:300]]
+    rng = random.Random(0)
+    targets = [pretrain.corrupt_completion(p, rng, 0.0, 0.0, format_rate=0.1) for p in problems]
+    formatted = [rewards.format_reward(t) == 1.0 for t in targets]
+    assert abs(sum(formatted) / 2000 - 0.1) < 0.035  # 5 standard deviations of Binomial(2000, 0.1)
+    for p, t, f in zip(problems, targets, formatted):
+        if not f:  # plain: the gold equations, then the number; no tag, so both rewards are 0
+            think = re.fullmatch(r"<think>(.*)</think><answer>\d+</answer>", p.completion).group(1)
+            assert t == f"{think}. {p.reference}" and rewards.format_reward(t) == 0.0
+    with pytest.raises(ValueError, match="format_rate"):
+        pretrain.PretrainConfig(format_rate=1.5).validate()
+
+
+def test_recipe_command_names_the_options_off_their_defaults() -> None:
+    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(pretrain.PretrainConfig()).items()
+              if k not in ("out", "threads")}
+    assert pretrain.recipe_command(recipe, 1) == "softgate pretrain --out DIR --threads 1"
+    cold = json.loads((Path(pretrain.__file__).parent / "assets" / "tiny-cold" / "pretrain.json").read_text())
+    assert pretrain.recipe_command(cold["recipe"], 1) == (
+        "softgate pretrain --out DIR --format-noise 0.0 --format-rate 0.1 --answer-noise 0.2 --threads 1")
+
+
 def test_wrong_numbers_stay_near_and_nonnegative() -> None:
     rng = random.Random(3)
     for p in synthetic.generate(500, seed=4, difficulty=[1, 2]):

@@ -62,6 +62,47 @@ def test_difficulty_levels_have_their_shape() -> None:
     assert any(p.steps[0][0] == "mul" for p in level2)
     level3 = synthetic.generate(200, seed=0, difficulty=3)
     assert all(p.start >= 10 and all(x >= 10 for _, x in p.steps) for p in level3)
+    level4 = synthetic.generate(200, seed=0, difficulty=4)
+    assert all(len(p.steps) == 3 and 2 <= p.start <= 9 for p in level4)
+    assert any(p.steps[0][0] == "mul" for p in level4) and any(p.steps[0][0] != "mul" for p in level4)
+
+
+def test_long_level_works_through_the_story_in_think() -> None:
+    """Level 4's gold completions restate every step of the question with its equation inside <think>: at least
+    40 tokens on average (the tokenizer of the shipped models), and the story the reasoning tells computes the
+    answer when read by the independent parser."""
+    from softgate.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    problems = synthetic.generate(300, seed=4, difficulty=synthetic.LONG_LEVEL)
+    think_lengths = []
+    for p in problems:
+        think = re.fullmatch(r"<think>(.*)</think><answer>\d+</answer>", p.completion).group(1)
+        think_lengths.append(len(tok(think, add_special_tokens=False)["input_ids"]))
+        name, items = p.question.split()[0], re.search(r"How many (\w+) does", p.question).group(1)
+        assert think.startswith(f"{name} has {p.start} ") and think.endswith(f"{name} has {p.reference} {items} now.")
+        for verb, number in re.findall(r"\b(buys|finds|gets|gives|loses|sells) (\d+)", p.question):
+            assert f"{verb} {number}" in think, (p.question, think)
+        assert answer_from_text(think.replace(":", ".", 1) if p.steps[0][0] == "mul" else think) == int(p.reference)
+    assert sum(think_lengths) / len(think_lengths) >= 40
+    assert min(think_lengths) >= 35
+    # Levels 1-3 keep their short completions: one equation each.
+    short = synthetic.generate(100, seed=4, difficulty=[1, 2, 3])
+    assert all(re.fullmatch(r"<think>[\d +*=,-]*</think><answer>\d+</answer>", p.completion) for p in short)
+
+
+def test_the_vocabulary_is_that_of_the_shipped_models() -> None:
+    """The task's words build the tokenizer; a new word would shift token ids under the shipped checkpoints."""
+    import json
+    from pathlib import Path
+
+    from softgate.modeling import EMBEDDED_MODELS, embedded_path
+    from softgate.tokenizer import build_tokenizer
+
+    vocab = build_tokenizer().get_vocab()
+    for name in EMBEDDED_MODELS:
+        shipped = json.loads((Path(embedded_path(name)) / "tokenizer.json").read_text())["model"]["vocab"]
+        assert vocab == shipped, name
 
 
 def test_splits_are_disjoint_and_test_split_is_fixed() -> None:
@@ -101,7 +142,7 @@ def test_from_registry() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n=1, seed=0, difficulty=4), "difficulty"),
+        (dict(n=1, seed=0, difficulty=5), "difficulty"),
         (dict(n=1, seed=0, difficulty=[]), "difficulty"),
         (dict(n=-1, seed=0, difficulty=1), "n=-1"),
         (dict(n=1, seed=0, difficulty=1, split="dev"), "split"),

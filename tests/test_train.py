@@ -566,3 +566,117 @@ def test_an_abort_mid_step_marks_the_run_interrupted_with_the_resume_command(tin
         train(small_config(tiny_random_model, out))
     assert info.value.exit_code == 130
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# algo.staleness: rollouts from the policy k optimizer steps back.
+
+
+def test_staleness_zero_builds_no_lagged_copy_and_changes_nothing(tiny_random_model, tmp_path, monkeypatch):
+    import softgate.lifecycle
+
+    reference = tmp_path / "reference"
+    train(small_config(tiny_random_model, reference, "log.save_every=0"))
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("algo.staleness=0 built a behaviour policy")
+
+    monkeypatch.setattr(softgate.lifecycle, "BehaviourPolicy", no_copy)
+    out = tmp_path / "k0"
+    train(small_config(tiny_random_model, out, "log.save_every=0", "algo.staleness=0"))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert strip(metrics) == strip(read_jsonl(reference / "metrics.jsonl"))
+    assert strip(read_jsonl(out / "eval.jsonl")) == strip(read_jsonl(reference / "eval.jsonl"))
+    assert {m["rollout/policy_lag"] for m in metrics} == {0}
+    assert not list((out / "checkpoints").glob("*/policy_ring.pt"))
+
+
+def test_staleness_samples_with_the_weights_of_k_optimizer_steps_earlier(tiny_random_model, tmp_path, monkeypatch):
+    """Record the policy after every optimizer step (an optimizer hook, independent of the trainer's ring) and the
+    weights of the model that samples each rollout and of the one that computes its old log-probs: both must be the
+    policy k = 2 steps before the rollout (the start policy while fewer than 2 steps were made)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import softgate.train
+    from softgate.modeling import load_model_and_tokenizer
+    from softgate.rollout import HFSampler
+
+    k, updates_per_step = 2, 4
+    start, _ = load_model_and_tokenizer(tiny_random_model)
+    history = [[p.detach().clone() for p in start.parameters()]]  # history[j]: the policy after j optimizer steps
+    sampled, old_logp_models = [], []
+
+    def after_step(optimizer, args, kwargs):
+        history.append([p.detach().clone() for group in optimizer.param_groups for p in group["params"]])
+
+    real_sample, real_logprobs = HFSampler.sample, softgate.train.rollout_logprobs
+
+    def sample(self, *args, **kwargs):
+        sampled.append([p.detach().clone() for p in self.model.parameters()])
+        return real_sample(self, *args, **kwargs)
+
+    def rollout_logprobs(model, *args, **kwargs):
+        old_logp_models.append([p.detach().clone() for p in model.parameters()])
+        return real_logprobs(model, *args, **kwargs)
+
+    monkeypatch.setattr(HFSampler, "sample", sample)
+    monkeypatch.setattr(softgate.train, "rollout_logprobs", rollout_logprobs)
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        out = tmp_path / "run"
+        train(small_config(tiny_random_model, out, "steps=3", "eval.size=0", "log.save_every=0", "optim.lr=0.01",
+                           "optim.weight_decay=0.5", f"algo.staleness={k}"))
+    finally:
+        handle.remove()
+    assert len(history) == 1 + 3 * updates_per_step and len(sampled) == len(old_logp_models) == 3
+    for rl_step in range(3):
+        done = rl_step * updates_per_step  # optimizer steps made before this rollout
+        expected = history[done - min(k, done)]
+        for weights in (sampled[rl_step], old_logp_models[rl_step]):
+            assert all(torch.equal(a, b) for a, b in zip(weights, expected, strict=True)), rl_step
+        if done:  # and not the current policy (weight decay moves it even where the random model's rewards tie)
+            assert not all(torch.equal(a, b) for a, b in zip(sampled[rl_step], history[done]))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["rollout/policy_lag"] for m in metrics[::updates_per_step]] == [0, 2, 2]
+    # Only the first update of the first rollout has pi = pi_old; a lagged rollout starts off-policy.
+    assert [m["policy/on_policy"] for m in metrics] == [True] + [False] * 11
+    assert all(m["gate/ratio_max"] != pytest.approx(1.0, abs=1e-6) for m in metrics[updates_per_step::updates_per_step])
+
+
+def test_staleness_ring_is_checkpointed_and_resume_is_exact(tiny_random_model, tmp_path, monkeypatch):
+    extra = ["steps=4", "log.save_every=2", "algo.staleness=2", "optim.lr=0.01", "optim.weight_decay=0.5"]
+    reference = tmp_path / "reference"
+    train(small_config(tiny_random_model, reference, *extra))
+    out = tmp_path / "run"
+    fail_at_rl_step(monkeypatch, 3)  # dies in step 3, after the step-2 checkpoint
+    with pytest.raises(RuntimeError, match="boom"):
+        train(small_config(tiny_random_model, out, *extra))
+    monkeypatch.undo()
+    ring = torch.load(out / "checkpoints" / "step_000002" / "policy_ring.pt", weights_only=True)
+    assert len(ring) == 2 and "model.embed_tokens.weight" in ring[0]
+    train(small_config(tiny_random_model, out, *extra), resume=True)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert strip(metrics) == strip(read_jsonl(reference / "metrics.jsonl"))
+    assert strip(read_jsonl(out / "eval.jsonl")) == strip(read_jsonl(reference / "eval.jsonl"))
+    assert [m["rollout/policy_lag"] for m in metrics[::4]] == [0, 2, 2, 2]
+
+
+def test_behaviour_policy_ring_keeps_the_last_k_states():
+    from softgate.staleness import BehaviourPolicy
+
+    policy = torch.nn.Linear(2, 1)
+    behaviour = BehaviourPolicy(policy, k=2)
+    assert behaviour.sync(policy) == 0 and torch.equal(behaviour.model.weight, policy.weight)
+    states = []
+    for value in (1.0, 2.0, 3.0):  # before each "optimizer step", then the step sets the weight to value
+        behaviour.record(policy)
+        states.append(policy.weight.detach().clone())
+        with torch.no_grad():
+            policy.weight.fill_(value)
+        assert behaviour.sync(policy) == min(2, len(states))
+        assert torch.equal(behaviour.model.weight, states[max(0, len(states) - 2)])
+    assert not behaviour.model.weight.requires_grad
+    with pytest.raises(ValueError, match="staleness=2"):
+        behaviour.load([policy.state_dict()] * 3)
+    with pytest.raises(ValueError, match="k >= 1"):
+        BehaviourPolicy(policy, k=0)

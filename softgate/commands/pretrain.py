@@ -26,8 +26,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--difficulty", type=int, nargs="+", default=list(d.difficulty), help="task levels (1 2 3)")
+    p.add_argument("--difficulty", type=int, nargs="+", default=list(d.difficulty),
+                   help="task levels (1 2 3 4; 4 = long reasoning)")
     p.add_argument("--format-noise", type=float, default=d.format_noise, help="share of targets with a format defect")
+    p.add_argument("--format-rate", type=float, default=d.format_rate,
+                   help="share of targets in the <think>/<answer> format at all; the rest are plain equations and "
+                        "the number (0.1 with --format-noise 0 --answer-noise 0.2 --out softgate/assets/tiny-cold "
+                        "rebuilds embedded:tiny-cold)")
     p.add_argument("--answer-noise", type=float, default=d.answer_noise, help="share of targets with a wrong number")
     p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="width of the model (embedding size)")
     p.add_argument("--num-layers", type=int, default=d.num_layers, help="transformer layers")

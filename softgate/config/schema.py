@@ -56,7 +56,8 @@ class TaskConfig:
     """Train on a weighted mix of tasks instead of ``train_file``: a list of ``{task: NAME, source: FILE|hf,
     weight: W}``. Each completion is graded by its own task; held-out evaluation uses ``name``/``test_file``."""
     difficulty: int = 1
-    """Synthetic task only: difficulty level of the generated problems."""
+    """Synthetic task only: difficulty level of the generated problems (1-3; 4 = long reasoning, worked steps in
+    <think>, ~55-token completions: raise rollout.max_new_tokens to ~80). See docs/embedded.md."""
     train_size: int = 4000
     """Number of training problems to use (generated for synthetic; first N rows for files; 0 = all)."""
     max_prompt_tokens: int = 256
@@ -141,6 +142,10 @@ class AlgoConfig:
     """If set, adapt tau_pos/tau_neg (keeping their ratio) so the Effective Update Ratio tracks this value."""
     eur_rate: float = 2.0
     """Step size of the EUR controller: tau *= exp(eur_rate * (EUR - target)) after each off-policy update."""
+    staleness: int = 0
+    """k: sample each rollout (and compute its old log-probs) with the policy as it was k optimizer steps earlier,
+    as an asynchronous pipeline with lag k does; fewer in the first k steps of a run (the start policy is the
+    oldest there is). Costs k CPU copies of the weights and a second model instance. 0 = the current policy."""
 
 
 @dataclass

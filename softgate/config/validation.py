@@ -94,6 +94,7 @@ def _check_optimization(cfg: Config, rules: _Rules) -> None:
     rules.non_negative("loss.entropy_coef", loss.entropy_coef)
     rules.non_negative("optim.warmup_steps", optim.warmup_steps)
     rules.non_negative("optim.max_grad_norm", optim.max_grad_norm)
+    rules.non_negative("algo.staleness", algo.staleness)
 
 
 def _check_task(cfg: Config, rules: _Rules) -> None:

@@ -12,6 +12,14 @@ Difficulty levels:
 - 1: one addition or subtraction, numbers 2..9 (results 1..18).
 - 2: two steps (add / subtract / multiply), numbers 2..9.
 - 3: one or two additions / subtractions with numbers 10..99.
+- 4 (long reasoning): three steps (half of them start with a multiplication), numbers 2..9, and a gold completion
+  that works through the story inside ``<think>``, one sentence per step (``worked_completion``; ~50 tokens)::
+
+    <think>Ann has 3 apples. Ann buys 5 more: 3 + 5 = 8. Ann then gives 2 to Bob: 8 - 2 = 6. Ann then finds 4
+    more: 6 + 4 = 10. Ann has 10 apples now.</think><answer>10</answer>
+
+  It reuses the task's words only, so the tokenizer (and the shipped models) stay as they are. Prompt plus gold
+  completion is ~90 tokens: set ``rollout.max_new_tokens`` to ~80 for this level.
 
 Splits. Every problem text is hashed (SHA-256); the ``TEST_BUCKETS`` of 100 buckets hold the held-out test split,
 the rest the train split. The split of a problem is a function of its text alone, so no train problem can ever be a
@@ -37,7 +45,8 @@ Split = Literal["train", "test"]
 NAMES = ("Ann", "Bob", "Cal", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
 ITEMS = ("apples", "pears", "books", "cards", "coins", "pens", "shells", "stamps", "cups", "eggs", "balls", "rocks")
 CONTAINERS = ("boxes", "bags", "jars", "baskets")
-LEVELS = (1, 2, 3)
+LEVELS = (1, 2, 3, 4)
+LONG_LEVEL = 4  # the level whose gold completions carry the worked steps
 TEST_BUCKETS = 10  # of 100: about 10% of all problem texts are held out
 TEST_SEED = 20240  # the fixed seed that draws the held-out test problems
 NAME = "synthetic"
@@ -114,19 +123,40 @@ def gold_completion(start: int, steps: Sequence[tuple[str, int]]) -> str:
     return f"<think>{', '.join(equations)}</think><answer>{values[-1]}</answer>"
 
 
+def worked_completion(story: Sequence[str], start: int, steps: Sequence[tuple[str, int]], closing: str) -> str:
+    """The long-reasoning gold completion: each sentence of ``story`` (the start, then one clause per step, as the
+    question tells them) followed by its equation, then ``closing`` with the result::
+
+        <think>Ann has 3 apples. Ann buys 5 more: 3 + 5 = 8. Ann has 8 apples now.</think><answer>8</answer>
+
+    A multiplication is the start itself (``story[0]`` = "Ann has 3 boxes with 4 apples in each"), so ``story``
+    holds one sentence per step, plus the start when the first step is not a multiplication.
+    """
+    values = apply_steps(start, steps)
+    sentences = [] if steps[0][0] == "mul" else [f"{story[0]}."]
+    lhs = start
+    for sentence, (op, x), value in zip(story[len(sentences):], steps, values):
+        sentences.append(f"{sentence}: {lhs} {_OP_SYMBOL[op]} {x} = {value}.")
+        lhs = value
+    sentences.append(closing.format(value=values[-1]))
+    return f"<think>{' '.join(sentences)}</think><answer>{values[-1]}</answer>"
+
+
 def split_of(question: str) -> Split:
     """The split a problem text belongs to: a fixed function of the text (SHA-256 bucket)."""
     bucket = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") % 100
     return "test" if bucket < TEST_BUCKETS else "train"
 
 
-def _draw(rng: random.Random, difficulty: int) -> tuple[str, int, tuple[tuple[str, int], ...]]:
-    """Draw one problem of the given difficulty: (question, start, steps). Every value stays >= 1."""
+def _draw(rng: random.Random, difficulty: int) -> tuple[str, int, tuple[tuple[str, int], ...], str]:
+    """Draw one problem of the given difficulty: (question, start, steps, gold completion). Every value stays >= 1.
+    (The random draws of levels 1-3 are in a fixed order: adding a level must not change their problems.)"""
     n, m = rng.sample(NAMES, 2)
     items = rng.choice(ITEMS)
     lo, hi = (10, 99) if difficulty == 3 else (2, 9)
-    n_steps = 1 if difficulty == 1 else 2 if difficulty == 2 else rng.choice((1, 2))
-    use_mul = difficulty == 2 and rng.random() < 0.5  # multiplication only at level 2, as the first step
+    n_steps = 1 if difficulty == 1 else 2 if difficulty == 2 else 3 if difficulty == LONG_LEVEL else rng.choice((1, 2))
+    # Multiplication only at levels 2 and 4, as the first step.
+    use_mul = difficulty in (2, LONG_LEVEL) and rng.random() < 0.5
     clauses: list[str] = []
     if use_mul:
         a, x = rng.randint(2, 5), rng.randint(2, 5)
@@ -150,9 +180,14 @@ def _draw(rng: random.Random, difficulty: int) -> tuple[str, int, tuple[tuple[st
     elif len(clauses) == 1:
         body = f"{head} and {clauses[0]}"
     else:
-        body = f"{head}, {clauses[0]} and {clauses[1]}"
+        body = f"{head}, " + ", ".join(clauses[:-1]) + f" and {clauses[-1]}"
     question = f"{body}. " + rng.choice(_QUESTION).format(items=items, n=n)
-    return question, start, tuple(steps)
+    if difficulty == LONG_LEVEL:
+        completion = worked_completion([head, *(f"{n} {c}" for c in clauses)], start, steps,
+                                       f"{n} has {{value}} {items} now.")
+    else:
+        completion = gold_completion(start, steps)
+    return question, start, tuple(steps), completion
 
 
 def iter_problems(seed: int, difficulty: int | Sequence[int], split: Split) -> Iterator[SyntheticProblem]:
@@ -168,7 +203,7 @@ def iter_problems(seed: int, difficulty: int | Sequence[int], split: Split) -> I
     misses = 0
     while True:
         level = rng.choice(levels)
-        question, start, steps = _draw(rng, level)
+        question, start, steps, completion = _draw(rng, level)
         if question in seen or split_of(question) != split:
             misses += 1
             if misses > 1_000_000:  # the problem space is finite: say so instead of looping forever
@@ -180,7 +215,7 @@ def iter_problems(seed: int, difficulty: int | Sequence[int], split: Split) -> I
             id=f"synthetic-{split}-{digest}",
             question=question,
             reference=str(apply_steps(start, steps)[-1]),
-            completion=gold_completion(start, steps),
+            completion=completion,
             difficulty=level,
             start=start,
             steps=steps,
@@ -217,8 +252,9 @@ def vocabulary_corpus() -> list[str]:
     words = [*NAMES, *ITEMS, *CONTAINERS, "and"]  # "and" joins clauses in _draw
     fields = dict(n="Ann", m="Bob", a=3, x=4, items="apples", c="boxes")
     clauses = [t.format(**fields) for t in (*_ADD, *_SUB, *_ADD2, *_SUB2, *_QUESTION, _START, _START_MUL)]
+    long = worked_completion(["Ann has 3 apples", "Ann buys 4 more"], 3, [("add", 4)], "Ann has {value} apples now.")
     return [format_prompt(" ".join(words) + ", ."), *clauses, gold_completion(12, [("add", 3), ("sub", 4)]),
-            gold_completion(56, [("mul", 7), ("sub", 89)])]
+            gold_completion(56, [("mul", 7), ("sub", 89)]), long]
 
 
 def _check_levels(difficulty: int | Sequence[int]) -> list[int]:
