@@ -40,8 +40,12 @@ Backend = Literal["hf", "vllm"]
 """Rollout samplers."""
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
+LogprobImpl = Literal["auto", "logits", "hidden"]
+"""How the trainer scores tokens: from the model's logits, from the last hidden state in tiles, or by vocab size."""
+LOGPROB_IMPLS: tuple[str, ...] = get_args(LogprobImpl)
+
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGG_MODES", "BACKENDS", "DTYPES", "EXTRACT_MODES", "KL_ESTIMATORS", "LEVELS",
-    "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "ExtractMode", "KLEstimator", "Level",
-    "Schedule",
+    "LOGPROB_IMPLS", "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "ExtractMode", "KLEstimator",
+    "Level", "LogprobImpl", "Schedule",
 ]

@@ -134,7 +134,8 @@ def grader_metrics(graded: GraderStats) -> dict[str, float]:
 
 
 @torch.no_grad()
-def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float, shared_prompt: bool) -> torch.Tensor:
+def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float, shared_prompt: bool,
+                     impl: str = "auto") -> torch.Tensor:
     """Log-probs of every completion token of ``rollout`` under ``model``, in micro-batches: the old log-probs
     (``model`` = the policy that sampled) or the reference log-probs (``model`` = the reference). Shape: [N, T]."""
     T = rollout.completion_mask.shape[1]
@@ -142,7 +143,7 @@ def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float,
     for i in range(0, rollout.input_ids.shape[0], micro):
         rows = slice(i, i + micro)
         logp, _ = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows], T,
-                                      temperature=temperature,
+                                      temperature=temperature, impl=impl,
                                       group_ids=rollout.group_ids[rows] if shared_prompt else None)
         out.append(logp)
     return torch.cat(out)
@@ -187,7 +188,7 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
         with autocast(device, cfg.model.compute_dtype):  # forward in the compute dtype; log-softmax in float32
             logp, entropy = completion_logprobs(
                 model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
-                temperature=cfg.rollout.temperature, with_entropy=True,
+                temperature=cfg.rollout.temperature, with_entropy=True, impl=cfg.model.logprob_impl,
                 group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
             )
             # The entropy is always passed: with entropy_coef = 0 it is only reported, and costs no backward.
@@ -381,7 +382,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     sampler = make_sampler(cfg.rollout.backend, model, tokenizer, shared_prompt=cfg.model.shared_prompt_pass)
     grader = Grader.from_config(cfg.grader)  # its workers stop when train() returns and the grader is collected
     logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
-                       shared_prompt=cfg.model.shared_prompt_pass)
+                       shared_prompt=cfg.model.shared_prompt_pass, impl=cfg.model.logprob_impl)
 
     # --- resume ---
     start_step, tau_scale, cursor = 0, 1.0, 0
