@@ -18,12 +18,17 @@ What softgate does instead (custom autograd Functions):
   allocated. This is checkpointing done by hand: one extra ``exp`` per element in backward, no autograd graph
   per chunk. Double backward is not supported.
 - :func:`hidden_logprobs` goes one step further: it takes the last hidden state and the LM-head weight and
-  computes the logits chunk by chunk, so no ``[B, T, V]`` tensor exists at all, in either pass (the backward
-  returns gradients for the hidden state and the weight).
+  computes the logits one ``rows x cols`` tile at a time, so no ``[B, T, V]`` tensor exists at all, in either
+  pass. Vocabulary tiles are the outer loop (each slice of the weight is read once per pass, every matmul is
+  large); the forward keeps a running max ``m``, ``S = sum exp(x - m)`` and ``A = sum exp(x - m)(x - m)`` per row,
+  rescaled when the max grows, so ``lse = m + log S`` and the entropy ``H = log S - A / S`` (no cancellation of two
+  large numbers). The backward recomputes each tile from the saved ``lse`` (one extra LM-head matmul, the price of
+  the memory) and returns the gradients of the hidden state and of the weight; an output whose gradient is None
+  (an entropy only reported) costs no backward work.
 
-``chunk_size`` is a number of rows (tokens). The default (None) picks ``max(1, 2**22 // V)`` rows, i.e. chunk
-temporaries of about 16 MB in float32 whatever the vocabulary (27 rows at V = 151,936); the hidden-state path
-uses 4x larger chunks because each chunk re-reads the whole LM-head weight.
+``chunk_size`` is a number of rows (tokens). The default (None) on the logits path picks ``max(1, 2**22 // V)``
+rows, i.e. chunk temporaries of about 16 MB in float32 whatever the vocabulary (27 rows at V = 151,936); the
+hidden-state path's tiles are 1,024 rows x 4,096 vocabulary entries on CPU (also 16 MB) and 8x that on GPUs.
 
 Values agree with the naive form to float32 rounding (the reductions are the same ``logsumexp``); see
 tests/test_logprobs.py and ``benchmarks/bench_loss.py`` for the memory and time measured at V = 151,936.
