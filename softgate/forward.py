@@ -114,16 +114,21 @@ def hidden_path_unsupported(model) -> str | None:
 
 
 def cache_is_dropped(model) -> bool:
-    """True when transformers will drop the KV cache inside the layers: gradient checkpointing, in train mode, with
-    gradients on. The shared prompt pass would then score completion tokens without their prompt, so the full pass
-    is used instead (exact as well; the prompt is just run once per row)."""
-    return bool(getattr(model, "is_gradient_checkpointing", False) and model.training and torch.is_grad_enabled())
+    """True for a model with gradient checkpointing on: transformers keeps no KV cache inside checkpointed layers in
+    training, so the shared prompt pass would score completion tokens without their prompt there. Every pass of
+    such a model then uses the full pass (exact as well; the prompt is just run once per row) -- the no-grad passes
+    too, so that the old log-probs come from the very computation the on-policy update repeats: in bf16 the two
+    exact passes differ by rounding (~0.1 nats on SmolLM2-135M), which would make r != 1 on-policy."""
+    # transformers 5.24 renamed is_gradient_checkpointing (now a deprecated alias) to is_activation_checkpointing.
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return bool(getattr(model, flag, False))
 
 
 @functools.cache
 def _notice_full_pass() -> None:
-    print("softgate: gradient checkpointing keeps no KV cache in training passes; those use the full pass "
-          "(the shared prompt pass still serves the no-grad log-prob passes)", file=sys.stderr)
+    print("softgate: gradient checkpointing keeps no KV cache in training passes; every log-prob pass uses the full "
+          "pass instead of the shared prompt pass (old and new log-probs from the same computation)", file=sys.stderr)
 
 
 def _logits_run(model) -> Run:

@@ -256,3 +256,32 @@ def test_trainer_runs_on_the_hidden_path(tmp_path, monkeypatch):
     assert len(on_policy) == 2
     assert all(m["gate/ratio_min"] == m["gate/ratio_max"] == 1.0 for m in on_policy)
     assert calls.count(True) == len(metrics) and calls.count(False) == 2 * 2  # one micro-batch per update; old logp
+
+
+def test_a_checkpointed_model_uses_the_full_pass_in_no_grad_passes_too(fresh_model_and_rollout, monkeypatch):
+    """With gradient checkpointing the training passes must use the full pass (no KV cache in checkpointed layers);
+    the old log-probs (eval mode, no grad) then use it too, so that the on-policy update repeats their computation
+    exactly (in bf16 the shared and the full pass differ by ~0.1 nats on SmolLM2-135M: r != 1 on-policy)."""
+    import copy
+
+    import softgate.forward as forward
+
+    model, rollout = fresh_model_and_rollout
+    model = copy.deepcopy(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    original = forward._shared_prompt_pass
+    monkeypatch.setattr(forward, "_shared_prompt_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    T = rollout.completion_mask.shape[1]
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        old, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    assert calls == []
+    assert torch.equal(old, new.detach())
+    model.gradient_checkpointing_disable()
+    with torch.no_grad():
+        completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    assert calls == [1]  # without checkpointing the shared pass serves
