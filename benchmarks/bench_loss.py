@@ -173,13 +173,17 @@ def _mem_child(variant: str, backward: bool, rows: int, hidden_size: int) -> Non
     out = _lp_op(variant)(args)
     if backward:
         out.sum().backward()
-    print(json.dumps({"extra_bytes": _peak_rss_bytes() - before}))
+    # The input gradients are part of the extra memory: any method returns them (dL/dW alone is V x H floats).
+    grads = sum(a.grad.numel() * a.grad.element_size() for a in args if a.grad is not None)
+    print(json.dumps({"extra_bytes": _peak_rss_bytes() - before, "grad_bytes": grads}))
 
 
-def _measure_memory(variant: str, backward: bool, rows: int, hidden_size: int) -> float:
+def _measure_memory(variant: str, backward: bool, rows: int, hidden_size: int) -> tuple[float, float]:
+    """(extra peak bytes of one call, bytes of the input gradients it returned) in a fresh process."""
     cmd = [sys.executable, __file__, "--mem-child", variant, "--rows", str(rows), "--hidden-size", str(hidden_size)]
     out = subprocess.run(cmd + (["--backward"] if backward else []), check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured["extra_bytes"], measured["grad_bytes"]
 
 
 def _time_variants(variants: list[str], backward: bool, repeats: int, rows: int,
@@ -208,15 +212,16 @@ def _time_variants(variants: list[str], backward: bool, repeats: int, rows: int,
 def bench_logprobs(variants: list[str], repeats: int, rows: int, hidden_size: int, target: str) -> None:
     """Memory and time of ``variants`` side by side; ratios to the first (the naive form)."""
     naive = variants[0]
-    print(f"{'variant':<14} {'pass':<8} {'extra peak MiB':>15} {'mem ratio':>10} {'median cpu ms':>14} "
-          f"{'time ratio':>11}")
+    print(f"{'variant':<14} {'pass':<8} {'extra peak MiB':>15} {'of it grads':>12} {'mem ratio':>10} "
+          f"{'median cpu ms':>14} {'time ratio':>11}")
     for backward in (False, True):
         label = "fwd+bwd" if backward else "fwd"
-        mem = {v: _measure_memory(v, backward, rows, hidden_size) for v in variants}
+        measured = {v: _measure_memory(v, backward, rows, hidden_size) for v in variants}
+        mem = {v: extra for v, (extra, _) in measured.items()}
         t = _time_variants(variants, backward, repeats, rows, hidden_size)
         for v in variants:
-            print(f"{v:<14} {label:<8} {mem[v] / 2**20:>15.0f} {mem[v] / max(mem[naive], 1):>10.3f} "
-                  f"{1e3 * t[v]:>14.0f} {t[v] / t[naive]:>11.3f}")
+            print(f"{v:<14} {label:<8} {mem[v] / 2**20:>15.0f} {measured[v][1] / 2**20:>12.0f} "
+                  f"{mem[v] / max(mem[naive], 1):>10.3f} {1e3 * t[v]:>14.0f} {t[v] / t[naive]:>11.3f}")
         if backward and target == "hidden":
             mem_ratio, time_ratio = mem["tiled-hidden"] / mem[naive], t["tiled-hidden"] / t[naive]
             verdict = "met" if mem_ratio <= 0.15 and time_ratio <= 1.15 else "MISSED"
