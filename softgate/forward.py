@@ -34,9 +34,11 @@ from softgate.logprobs import hidden_logprobs, hidden_logprobs_and_entropy, logp
 from softgate.rollout import cache_kwarg, position_ids_from_mask
 
 HIDDEN_VOCAB_THRESHOLD = 32_768
-"""``auto`` scores from the hidden state from this vocabulary size on. Below it the [N, T, V] logits are small and
-the logits path is as fast; above it they dominate the memory of a training pass (at V = 151,936 the hidden path
-takes 1/13 of the memory of the plain log-softmax, and less time: benchmarks/bench_loss.py)."""
+"""``auto`` scores from the hidden state from this vocabulary size on. The hidden path pays one extra LM-head matmul
+(recomputing the tiles in the backward) to never hold the [N, T, V] logits and their gradient: measured on CPU at
+H = 576 and 1,024 tokens, the head + log-softmax take 0.99x the logits path's time at V = 8,192 and 1.18x at
+32,768, and at V = 151,936 0.6-0.9x the plain log-softmax's time for 1/20 of its memory (benchmarks/bench_loss.py).
+From 32k entries on the logits are the largest activation of a training pass, worth a few percent of step time."""
 
 # Config fields with which a model's logits are not ``hidden @ lm_head.weight.T`` (Gemma's softcapping, Cohere's
 # logit scale, Granite's logits scaling): the hidden path would compute another distribution.
