@@ -19,7 +19,7 @@ What it does:
    is importable on a GPU (else hf). Check ``on_policy``: every update logged with ``policy/on_policy`` has
    ``gate/ratio_min == gate/ratio_max == 1`` exactly, one per RL step.
    Sizes on a GPU (``SIZES``): 16 prompts x G = 8, up to 128 new tokens, 2 iterations x 2 minibatches,
-   micro-batches of 32: 128 completions and ~50k trained tokens per step, ~40 TFLOP of model FLOPs, i.e. a step
+   micro-batches of 32: 128 completions and ~55k trained tokens per step, ~45 TFLOP of model FLOPs, i.e. a step
    is dominated by generating 128 tokens (128 sequential forward passes, seconds with the hf sampler), so ten
    steps plus loading (seconds once the GGUF is cached; a vLLM engine adds its start-up, ~1 minute) stay well
    under 5 minutes on one H200. On CPU: 2 prompts x G = 2, 8 new tokens, 1 iteration x 2 minibatches, checks
