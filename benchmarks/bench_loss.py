@@ -12,11 +12,18 @@
     Peak memory: torch's CPU allocator is invisible to tracemalloc, so every variant runs in a fresh subprocess
     which allocates its inputs, reads its peak resident set size (``VmHWM`` in /proc/self/status; at that
     point it is the inputs), runs the operation, and reads the peak again: the difference is the extra peak
-    memory of the operation (including the returned gradient of the logits for "fwd+bwd"). ``ru_maxrss`` is
+    memory of the operation (including the returned gradients for "fwd+bwd"). ``ru_maxrss`` is
     avoided on Linux: after fork + exec it starts from the parent's resident size.
-    ``--hidden`` adds ``hidden_logprobs`` (logits never built) vs naive ``hidden @ W.T`` + log_softmax.
 
-Usage: ``python benchmarks/bench_loss.py [--rounds 15] [--repeats 5] [--skip-loss] [--skip-logprobs] [--hidden]``
+(c) From the last hidden state [B, T, H] and the LM-head weight [V, H] (what the trainer holds), same V, B, T:
+    ``naive-hidden`` = ``log_softmax(h @ W.T).gather(ids)``; ``logits-hidden`` = ``token_logprobs(h @ W.T, ids)``
+    (the trainer's ``model.logprob_impl=logits``); ``tiled-hidden`` = ``hidden_logprobs(h, W, ids)`` (``hidden``:
+    no [B, T, V] tensor). Target for ``tiled-hidden`` forward+backward: peak memory <= 0.15x and time <= 1.15x
+    ``naive-hidden``. H defaults to 128 (fast); ``--hidden-size 896`` (Qwen2.5-0.5B) with ``--rows 512`` shows the
+    regime where the matmuls dominate.
+
+Usage: ``python benchmarks/bench_loss.py [--rounds 15] [--repeats 5] [--skip-loss] [--skip-logits] [--skip-hidden]
+[--hidden-size 128] [--rows 2048]``
 Numbers on a shared CPU box are noisy; rerun before drawing conclusions from a few percent.
 """
 
@@ -38,7 +45,7 @@ from softgate import gates
 from softgate.logprobs import hidden_logprobs, token_logprobs
 from softgate.losses import cispo_loss, policy_loss
 
-VOCAB, LP_B, LP_T, HIDDEN = 151_936, 2, 1024, 128
+VOCAB, LP_B, LP_T = 151_936, 2, 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -114,14 +121,16 @@ def _naive_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[..., None]).squeeze(-1)
 
 
-def _lp_inputs(hidden: bool) -> tuple[torch.Tensor, ...]:
+def _lp_inputs(variant: str, rows: int, hidden_size: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of a variant: [B, T, V] logits and ids, or [B, T, H] hidden state, [V, H] weight and ids."""
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, VOCAB, (LP_B, LP_T), generator=gen)
-    if hidden:
-        h = torch.randn(LP_B, LP_T, HIDDEN, generator=gen).requires_grad_()
-        w = (torch.randn(VOCAB, HIDDEN, generator=gen) / HIDDEN**0.5).requires_grad_()
-        return h, w, ids
-    return torch.randn(LP_B, LP_T, VOCAB, generator=gen).requires_grad_(), ids
+    B, T = LP_B, rows // LP_B
+    ids = torch.randint(0, VOCAB, (B, T), generator=gen)
+    if variant.endswith("hidden"):
+        h = torch.randn(B, T, hidden_size, generator=gen).requires_grad_()
+        w = torch.randn(VOCAB, hidden_size, generator=gen).div_(hidden_size**0.5).requires_grad_()  # in place: no
+        return h, w, ids  # freed temporary raises the baseline peak that the extra memory is measured from
+    return torch.randn(B, T, VOCAB, generator=gen).requires_grad_(), ids
 
 
 def _lp_op(variant: str) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
@@ -132,7 +141,9 @@ def _lp_op(variant: str) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
             return lambda a: token_logprobs(a[0], a[1])
         case "naive-hidden":
             return lambda a: _naive_logprobs(a[0] @ a[1].T, a[2])
-        case "chunked-hidden":
+        case "logits-hidden":
+            return lambda a: token_logprobs(a[0] @ a[1].T, a[2])
+        case "tiled-hidden":
             return lambda a: hidden_logprobs(a[0], a[1], a[2])
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -155,24 +166,30 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _mem_child(variant: str, backward: bool) -> None:
+def _mem_child(variant: str, backward: bool, rows: int, hidden_size: int) -> None:
     """Runs in a fresh process: prints the extra peak RSS (bytes) of one call over its inputs."""
-    args = _lp_inputs(variant.endswith("hidden"))
+    args = _lp_inputs(variant, rows, hidden_size)
     before = _peak_rss_bytes()  # the inputs are the largest thing allocated so far
     out = _lp_op(variant)(args)
     if backward:
         out.sum().backward()
-    print(json.dumps({"extra_bytes": _peak_rss_bytes() - before}))
+    # The input gradients are part of the extra memory: any method returns them (dL/dW alone is V x H floats).
+    grads = sum(a.grad.numel() * a.grad.element_size() for a in args if a.grad is not None)
+    print(json.dumps({"extra_bytes": _peak_rss_bytes() - before, "grad_bytes": grads}))
 
 
-def _measure_memory(variant: str, backward: bool) -> float:
-    cmd = [sys.executable, __file__, "--mem-child", variant] + (["--backward"] if backward else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["extra_bytes"]
+def _measure_memory(variant: str, backward: bool, rows: int, hidden_size: int) -> tuple[float, float]:
+    """(extra peak bytes of one call, bytes of the input gradients it returned) in a fresh process."""
+    cmd = [sys.executable, __file__, "--mem-child", variant, "--rows", str(rows), "--hidden-size", str(hidden_size)]
+    out = subprocess.run(cmd + (["--backward"] if backward else []), check=True, capture_output=True, text=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured["extra_bytes"], measured["grad_bytes"]
 
 
-def _time_variants(variants: list[str], backward: bool, repeats: int) -> dict[str, float]:
-    args_by = {v: _lp_inputs(v.endswith("hidden")) for v in variants}
+def _time_variants(variants: list[str], backward: bool, repeats: int, rows: int,
+                   hidden_size: int) -> dict[str, float]:
+    """Median CPU time per variant over ``repeats`` rounds; the variants alternate inside every round."""
+    args_by = {v: _lp_inputs(v, rows, hidden_size) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
 
     def run(v: str) -> None:
@@ -189,42 +206,45 @@ def _time_variants(variants: list[str], backward: bool, repeats: int) -> dict[st
         for v in variants:  # interleaved
             times[v].append(_time_once(lambda: run(v)))
         variants = variants[::-1]
-    for args in args_by.values():
-        for a in args:
-            a.grad = None
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def bench_logprobs(repeats: int, hidden: bool) -> None:
-    pairs = [("naive", "chunked")] + ([("naive-hidden", "chunked-hidden")] if hidden else [])
-    print(f"\n(b) token log-probs, V={VOCAB:,} B={LP_B} T={LP_T} float32 (one [B,T,V] float32 tensor = "
-          f"{LP_B * LP_T * VOCAB * 4 / 2**30:.2f} GiB); memory = extra peak RSS in a fresh subprocess; "
-          f"time = median of {repeats} interleaved repeats")
-    print(f"{'variant':<16} {'pass':<8} {'extra peak MiB':>15} {'mem ratio':>10} {'median cpu ms':>14} "
-          f"{'time ratio':>11}")
-    for naive, chunked in pairs:
-        for backward in (False, True):
-            label = "fwd+bwd" if backward else "fwd"
-            mem = {v: _measure_memory(v, backward) for v in (naive, chunked)}
-            t = _time_variants([naive, chunked], backward, repeats)
-            for v in (naive, chunked):
-                print(f"{v:<16} {label:<8} {mem[v] / 2**20:>15.0f} {mem[v] / max(mem[naive], 1):>10.3f} "
-                      f"{1e3 * t[v]:>14.0f} {t[v] / t[naive]:>11.3f}")
-    print("targets: chunked/naive memory <= 0.25, time <= 1.2")
+def bench_logprobs(variants: list[str], repeats: int, rows: int, hidden_size: int, target: str) -> None:
+    """Memory and time of ``variants`` side by side; ratios to the first (the naive form)."""
+    naive = variants[0]
+    print(f"{'variant':<14} {'pass':<8} {'extra peak MiB':>15} {'of it grads':>12} {'mem ratio':>10} "
+          f"{'median cpu ms':>14} {'time ratio':>11}")
+    for backward in (False, True):
+        label = "fwd+bwd" if backward else "fwd"
+        measured = {v: _measure_memory(v, backward, rows, hidden_size) for v in variants}
+        mem = {v: extra for v, (extra, _) in measured.items()}
+        t = _time_variants(variants, backward, repeats, rows, hidden_size)
+        for v in variants:
+            print(f"{v:<14} {label:<8} {mem[v] / 2**20:>15.0f} {measured[v][1] / 2**20:>12.0f} "
+                  f"{mem[v] / max(mem[naive], 1):>10.3f} {1e3 * t[v]:>14.0f} {t[v] / t[naive]:>11.3f}")
+        if backward and target == "hidden":
+            mem_ratio, time_ratio = mem["tiled-hidden"] / mem[naive], t["tiled-hidden"] / t[naive]
+            verdict = "met" if mem_ratio <= 0.15 and time_ratio <= 1.15 else "MISSED"
+            print(f"target tiled-hidden fwd+bwd: memory {mem_ratio:.3f}x <= 0.15x, time {time_ratio:.3f}x <= 1.15x: "
+                  f"{verdict}")
+    if target == "logits":
+        print("targets: chunked/naive memory <= 0.25, time <= 1.2")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for (a)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats for (b)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats for (b) and (c)")
     parser.add_argument("--skip-loss", action="store_true", help="skip (a)")
-    parser.add_argument("--skip-logprobs", action="store_true", help="skip (b)")
-    parser.add_argument("--hidden", action="store_true", help=f"also benchmark hidden_logprobs (H={HIDDEN})")
+    parser.add_argument("--skip-logits", action="store_true", help="skip (b)")
+    parser.add_argument("--skip-hidden", action="store_true", help="skip (c)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="H of (c)")
+    parser.add_argument("--rows", type=int, default=LP_B * LP_T, help="tokens B*T of (b) and (c)")
     parser.add_argument("--mem-child", help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mem_child:
-        _mem_child(args.mem_child, args.backward)
+        _mem_child(args.mem_child, args.backward, args.rows, args.hidden_size)
         return
     # One intra-op thread: thread CPU time then measures all the work, and the comparison is not distorted by
     # thread scheduling on a loaded machine.
@@ -232,8 +252,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread; times are CPU time of that thread (load-insensitive)")
     if not args.skip_loss:
         bench_losses(args.rounds)
-    if not args.skip_logprobs:
-        bench_logprobs(args.repeats, args.hidden)
+    size = f"V={VOCAB:,} B*T={args.rows} float32 (one [B*T, V] float32 tensor = {args.rows * VOCAB * 4 / 2**30:.2f} GiB)"
+    how = f"memory = extra peak RSS in a fresh subprocess; time = median of {args.repeats} interleaved repeats"
+    if not args.skip_logits:
+        print(f"\n(b) token log-probs from logits, {size}; {how}")
+        bench_logprobs(["naive", "chunked"], args.repeats, args.rows, args.hidden_size, "logits")
+    if not args.skip_hidden:
+        print(f"\n(c) token log-probs from the hidden state, H={args.hidden_size}, {size}; {how}")
+        bench_logprobs(["naive-hidden", "logits-hidden", "tiled-hidden"], args.repeats, args.rows, args.hidden_size,
+                       "hidden")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ Engine = Literal["native", "trl"]
 """Training engines: softgate's own loop (softgate.train) or TRL's GRPOTrainer under accelerate (softgate.engines)."""
 ENGINES: tuple[str, ...] = get_args(Engine)
 
+LogprobImpl = Literal["auto", "logits", "hidden"]
+"""How the trainer scores tokens: from the model's logits, from the last hidden state in tiles, or by vocab size."""
+LOGPROB_IMPLS: tuple[str, ...] = get_args(LogprobImpl)
+
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGG_MODES", "BACKENDS", "DTYPES", "ENGINES", "EXTRACT_MODES", "KL_ESTIMATORS", "LEVELS",
-    "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "Engine", "ExtractMode", "KLEstimator", "Level",
-    "Schedule",
+    "LOGPROB_IMPLS", "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "Engine", "ExtractMode",
+    "KLEstimator", "Level", "LogprobImpl", "Schedule",
 ]

@@ -18,12 +18,17 @@ What softgate does instead (custom autograd Functions):
   allocated. This is checkpointing done by hand: one extra ``exp`` per element in backward, no autograd graph
   per chunk. Double backward is not supported.
 - :func:`hidden_logprobs` goes one step further: it takes the last hidden state and the LM-head weight and
-  computes the logits chunk by chunk, so no ``[B, T, V]`` tensor exists at all, in either pass (the backward
-  returns gradients for the hidden state and the weight).
+  computes the logits one ``rows x cols`` tile at a time, so no ``[B, T, V]`` tensor exists at all, in either
+  pass. Vocabulary tiles are the outer loop (each slice of the weight is read once per pass, every matmul is
+  large); the forward keeps a running max ``m``, ``S = sum exp(x - m)`` and ``A = sum exp(x - m)(x - m)`` per row,
+  rescaled when the max grows, so ``lse = m + log S`` and the entropy ``H = log S - A / S`` (no cancellation of two
+  large numbers). The backward recomputes each tile from the saved ``lse`` (one extra LM-head matmul, the price of
+  the memory) and returns the gradients of the hidden state and of the weight; an output whose gradient is None
+  (an entropy only reported) costs no backward work.
 
-``chunk_size`` is a number of rows (tokens). The default (None) picks ``max(1, 2**22 // V)`` rows, i.e. chunk
-temporaries of about 16 MB in float32 whatever the vocabulary (27 rows at V = 151,936); the hidden-state path
-uses 4x larger chunks because each chunk re-reads the whole LM-head weight.
+``chunk_size`` is a number of rows (tokens). The default (None) on the logits path picks ``max(1, 2**22 // V)``
+rows, i.e. chunk temporaries of about 16 MB in float32 whatever the vocabulary (27 rows at V = 151,936); the
+hidden-state path's tiles are 1,024 rows x 4,096 vocabulary entries on CPU (also 16 MB) and 8x that on GPUs.
 
 Values agree with the naive form to float32 rounding (the reductions are the same ``logsumexp``); see
 tests/test_logprobs.py and ``benchmarks/bench_loss.py`` for the memory and time measured at V = 151,936.
@@ -49,12 +54,16 @@ __all__ = [
 DEFAULT_CHUNK_ELEMENTS = 1 << 22  # elements per chunk when chunk_size is None (16 MB in float32)
 
 
+def _positive(name: str, value: int, unit: str = "rows") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive number of {unit}, got {value!r}")
+    return value
+
+
 def _rows_per_chunk(chunk_size: int | None, vocab: int) -> int:
     if chunk_size is None:
         return max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-    return chunk_size
+    return _positive("chunk_size", chunk_size)
 
 
 def _out_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -268,67 +277,167 @@ def logprobs_and_entropy(
 # From the last hidden state: the [B, T, V] logits never exist
 # --------------------------------------------------------------------------------------------------------------
 
+DEFAULT_VOCAB_TILE = 4096  # vocabulary columns per tile of the hidden-state path on CPU
+ACCELERATOR_TILE_SCALE = 8  # on GPUs tiles are 8x larger (2x the columns): fewer kernel launches per pass
+
+
+def _tile_sizes(rows: int | None, cols: int | None, n: int, vocab: int, device: torch.device) -> tuple[int, int]:
+    """(rows, cols) of one logits tile. Defaults on CPU: 4,096 vocabulary entries by 1,024 rows
+    (``DEFAULT_CHUNK_ELEMENTS``, 16 MB in float32: the best of the shapes tried in benchmarks/bench_loss.py);
+    on accelerators 8,192 by 4,096 (128 MB)."""
+    scale = 1 if device.type == "cpu" else ACCELERATOR_TILE_SCALE
+    if cols is None:
+        cols = min(DEFAULT_VOCAB_TILE * (1 if scale == 1 else 2), max(vocab, 1))
+    cols = _positive("vocab_chunk_size", cols, "vocabulary entries")
+    rows = max(1, scale * DEFAULT_CHUNK_ELEMENTS // cols) if rows is None else _positive("chunk_size", rows)
+    return min(rows, max(n, 1)), cols
+
+
+def _logit_tile(h_cH: Tensor, w_vH: Tensor, dtype: torch.dtype) -> Tensor:
+    """One tile of (already temperature-scaled) logits, upcast for the softmax maths: [c, H] x [v, H] -> [c, v].
+    The matmul runs in the weights' dtype, as the LM head would."""
+    return (h_cH @ w_vH.T).to(dtype)
+
+
+def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b``, in place and without a temporary when the dtypes allow it."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc.add_(a @ b)
+
 
 class _HiddenLogSoftmax(torch.autograd.Function):
-    """Outputs (logp [N], entropy [N] or empty) of ``hidden_NH @ weight_VH.T``, chunked over rows."""
+    """Outputs (logp [N], entropy [N] or empty) of ``softmax(hidden_NH @ weight_VH.T / temperature)``.
+
+    Both passes walk tiles of ``rows x cols`` logits, vocabulary tiles outside and row tiles inside, so that each
+    [cols, H] slice of the weight is read once per pass and every matmul is large. The forward accumulates the
+    log-sum-exp online over the vocabulary tiles (running max ``m``, ``S = sum exp(x - m)`` and, for the entropy,
+    ``A = sum exp(x - m) (x - m)``): ``lse = m + log S`` and ``H = log S - A / S``. The backward recomputes each
+    tile from the saved ``lse``; ``log p = x - lse`` and ``x - E_p[x] = log p + H`` give both gradients.
+    """
 
     @staticmethod
-    def forward(
-        ctx: Any, hidden_NH: Tensor, weight_VH: Tensor, ids_N: Tensor, rows: int, temperature: float,
-        want_entropy: bool,
-    ) -> tuple[Tensor, Tensor]:
-        N = hidden_NH.shape[0]
+    def forward(ctx: Any, hidden_NH: Tensor, weight_VH: Tensor, ids_N: Tensor, rows: int, cols: int,
+                temperature: float, want_entropy: bool) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)  # an entropy that only feeds the metrics gets no backward work
+        N, V = hidden_NH.shape[0], weight_VH.shape[0]
         dtype = _out_dtype(hidden_NH.dtype)
         new = dict(dtype=dtype, device=hidden_NH.device)
-        lse_N = torch.empty(N, **new)
-        logp_N = torch.empty(N, **new)
-        ent_N = torch.empty(N, **new) if want_entropy else torch.empty(0, **new)
-        mean_x_N = torch.empty(N, **new) if want_entropy else None
-        for start in range(0, N, rows):
-            stop = min(start + rows, N)
-            # The matmul runs in the model's dtype (as the LM head would); the softmax maths in float32.
-            x_cV = _scaled(hidden_NH[start:stop] @ weight_VH.T, temperature, dtype)
-            lse_c, logp_c, ent_c, mean_x_c = _forward_chunk(x_cV, ids_N[start:stop], want_entropy)
-            lse_N[start:stop], logp_N[start:stop] = lse_c, logp_c
-            if want_entropy:
-                ent_N[start:stop], mean_x_N[start:stop] = ent_c, mean_x_c
-        ctx.save_for_backward(hidden_NH, weight_VH, ids_N, lse_N, mean_x_N)
-        ctx.rows, ctx.temperature, ctx.want_entropy = rows, temperature, want_entropy
+        max_N, sum_N, target_N = torch.empty(N, **new), torch.empty(N, **new), torch.zeros(N, **new)
+        a_N = torch.empty(N, **new) if want_entropy else None
+        # 1 / temperature scales the [N, H] hidden state once, not every logit.
+        h_NH = hidden_NH / temperature if temperature != 1.0 else hidden_NH
+        with _no_autocast(hidden_NH):
+            for v0 in range(0, V, cols):
+                w_vH = weight_VH[v0:v0 + cols]
+                for r0 in range(0, N, rows):
+                    r = slice(r0, r0 + rows)
+                    x_cv = _logit_tile(h_NH[r], w_vH, dtype)
+                    _gather_targets(target_N[r], x_cv, ids_N[r], v0)
+                    _online_logsumexp(x_cv, max_N[r], sum_N[r], None if a_N is None else a_N[r], first=v0 == 0)
+        log_sum_N = torch.log(sum_N)
+        lse_N = max_N + log_sum_N
+        ent_N = log_sum_N - a_N / sum_N if want_entropy else torch.empty(0, **new)
+        ctx.save_for_backward(hidden_NH, weight_VH, ids_N, lse_N, ent_N if want_entropy else None)
+        ctx.rows, ctx.cols, ctx.temperature = rows, cols, temperature
         if not want_entropy:
             ctx.mark_non_differentiable(ent_N)
-        return logp_N, ent_N
+        return target_N - lse_N, ent_N
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g_logp_N: Tensor, g_ent_N: Tensor) -> tuple[Tensor | None, ...]:
-        hidden_NH, weight_VH, ids_N, lse_N, mean_x_N = ctx.saved_tensors
+    def backward(ctx: Any, g_logp_N: Tensor | None, g_ent_N: Tensor | None) -> tuple[Tensor | None, ...]:
+        hidden_NH, weight_VH, ids_N, lse_N, ent_N = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dtype = lse_N.dtype
-        grad_h = torch.empty_like(hidden_NH) if need_h else None
-        # Accumulate the weight gradient over chunks in float32 (or float64): bf16 sums of many chunks drift.
-        grad_w = torch.zeros(weight_VH.shape, dtype=dtype, device=weight_VH.device) if need_w else None
-        N = hidden_NH.shape[0]
-        for start in range(0, N, ctx.rows):
-            stop = min(start + ctx.rows, N)
-            h_cH = hidden_NH[start:stop]
-            x_cV = _scaled(h_cH @ weight_VH.T, ctx.temperature, dtype)
-            grad_cV = _grad_chunk(
-                x_cV, ids_N[start:stop], lse_N[start:stop],
-                mean_x_N[start:stop] if ctx.want_entropy else None,
-                g_logp_N[start:stop].to(dtype),
-                g_ent_N[start:stop].to(dtype) if ctx.want_entropy else None,
-                ctx.temperature,
-            )
-            if need_h:
-                grad_h[start:stop] = grad_cV.to(weight_VH.dtype) @ weight_VH
-            if need_w:
-                grad_w.addmm_(grad_cV.T, h_cH.to(dtype))
-        return grad_h, (grad_w.to(weight_VH.dtype) if need_w else None), None, None, None, None
+        none = (None,) * 5
+        if (g_logp_N is None and g_ent_N is None) or not (need_h or need_w):
+            return None, None, *none
+        N, H, V = hidden_NH.shape[0], hidden_NH.shape[1], weight_VH.shape[0]
+        dtype, rows, cols, temperature = lse_N.dtype, ctx.rows, ctx.cols, ctx.temperature
+        g_lp = None if g_logp_N is None else g_logp_N.to(dtype)
+        g_ent = None if g_ent_N is None else g_ent_N.to(dtype)
+        # d/dx [g_lp logp + g_ent H] = g_lp (onehot - p) - p g_ent (log p + H): the per-row constant of the p term.
+        const_N = None if g_ent is None else g_ent * ent_N + (g_lp if g_lp is not None else 0.0)
+        h_NH = hidden_NH / temperature if temperature != 1.0 else hidden_NH
+        grad_h_NH = torch.zeros(N, H, dtype=dtype, device=hidden_NH.device) if need_h else None
+        grad_w_VH = torch.empty_like(weight_VH) if need_w else None
+        with _no_autocast(hidden_NH):
+            for v0 in range(0, V, cols):
+                w_vH = weight_VH[v0:v0 + cols]
+                # The weight gradient of a vocabulary tile is summed over the row tiles in float32 (float64).
+                grad_w_vH = torch.zeros(w_vH.shape, dtype=dtype, device=w_vH.device) if need_w else None
+                for r0 in range(0, N, rows):
+                    r = slice(r0, r0 + rows)
+                    grad_cv = _grad_tile(_logit_tile(h_NH[r], w_vH, dtype), ids_N[r], v0, lse_N[r],
+                                         *(None if g is None else g[r] for g in (const_N, g_lp, g_ent)))
+                    grad_cv = grad_cv.to(weight_VH.dtype)
+                    if need_h:
+                        _add_matmul(grad_h_NH[r], grad_cv, w_vH)
+                    if need_w:
+                        _add_matmul(grad_w_vH, grad_cv.T, h_NH[r])
+                if need_w:
+                    grad_w_VH[v0:v0 + cols] = grad_w_vH
+        if need_h:
+            grad_h_NH = (grad_h_NH / temperature if temperature != 1.0 else grad_h_NH).to(hidden_NH.dtype)
+        return grad_h_NH, grad_w_VH, *none
 
 
-def _hidden_apply(
-    hidden: Tensor, weight: Tensor, ids: Tensor, chunk_size: int | None, temperature: float, want_entropy: bool
-) -> tuple[Tensor, Tensor]:
+def _no_autocast(t: Tensor):
+    """The tiles run in the dtype the caller chose for them (the caller mirrors the LM head's autocast)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _gather_targets(target_c: Tensor, x_cv: Tensor, ids_c: Tensor, v0: int) -> None:
+    """``target_c[i] += x_cv[i, ids_c[i] - v0]`` for the rows whose target token lies in this vocabulary tile
+    (no host synchronization: the other rows add 0)."""
+    col_c = ids_c - v0
+    hit_c = (col_c >= 0) & (col_c < x_cv.shape[1])
+    picked_c = x_cv.gather(1, col_c.clamp(0, x_cv.shape[1] - 1)[:, None]).squeeze(1)
+    target_c.add_(torch.where(hit_c, picked_c, 0.0))
+
+
+def _online_logsumexp(x_cv: Tensor, max_c: Tensor, sum_c: Tensor, a_c: Tensor | None, *, first: bool) -> None:
+    """Folds one tile into the running ``m``, ``S = sum exp(x - m)`` and ``A = sum exp(x - m) (x - m)`` (in place;
+    overwrites ``x_cv``). On the first tile the running values are set, later tiles rescale them to the new max."""
+    tile_max_c = x_cv.amax(dim=1)
+    new_max_c = tile_max_c if first else torch.maximum(max_c, tile_max_c)
+    y_cv = x_cv.sub_(new_max_c[:, None])  # x - m_new <= 0
+    e_cv = torch.exp(y_cv)
+    tile_sum_c = e_cv.sum(dim=1)
+    tile_a_c = torch.linalg.vecdot(e_cv, y_cv) if a_c is not None else None
+    if first:
+        sum_c.copy_(tile_sum_c)
+        if a_c is not None:
+            a_c.copy_(tile_a_c)
+    else:
+        shift_c = max_c - new_max_c  # <= 0
+        scale_c = torch.exp(shift_c)
+        if a_c is not None:  # sum exp(x - m_new)(x - m_new) over the old tiles = scale (A + shift S)
+            a_c.copy_(scale_c * (a_c + shift_c * sum_c) + tile_a_c)
+        sum_c.mul_(scale_c).add_(tile_sum_c)
+    max_c.copy_(new_max_c)
+
+
+def _grad_tile(x_cv: Tensor, ids_c: Tensor, v0: int, lse_c: Tensor, const_c: Tensor | None, g_lp_c: Tensor | None,
+               g_ent_c: Tensor | None) -> Tensor:
+    """Gradient w.r.t. one tile of scaled logits of ``sum(g_lp logp + g_ent H)`` (in place on ``x_cv``):
+    ``g_lp (onehot - p) - p g_ent (log p + H)`` = ``-p (g_ent log p + const) + g_lp onehot``."""
+    logp_cv = x_cv.sub_(lse_c[:, None])
+    p_cv = torch.exp(logp_cv)
+    if g_ent_c is not None:
+        grad_cv = p_cv.mul_(logp_cv.mul_(g_ent_c[:, None]).add_(const_c[:, None])).neg_()
+    else:
+        grad_cv = p_cv.mul_(g_lp_c[:, None].neg())
+    if g_lp_c is not None:
+        col_c = ids_c - v0
+        hit_c = (col_c >= 0) & (col_c < x_cv.shape[1])
+        grad_cv.scatter_add_(1, col_c.clamp(0, x_cv.shape[1] - 1)[:, None], torch.where(hit_c, g_lp_c, 0.0)[:, None])
+    return grad_cv
+
+
+def _hidden_apply(hidden: Tensor, weight: Tensor, ids: Tensor, chunk_size: int | None, vocab_chunk_size: int | None,
+                  temperature: float, want_entropy: bool) -> tuple[Tensor, Tensor]:
     if hidden.dim() != 3 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"expected hidden [B, T, H] and lm_head_weight [V, H], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -339,13 +448,9 @@ def _hidden_apply(
         raise TypeError(f"hidden ({hidden.dtype}) and lm_head_weight ({weight.dtype}) must share a dtype")
     _check_temperature(temperature)
     B, T, H = hidden.shape
-    # Default chunks 4x larger than on the logits path: every chunk re-reads the whole [V, H] weight, and at
-    # V = 151,936 going from 27 to 110 rows per chunk cut the time by ~12% (benchmarks/bench_loss.py --hidden).
-    vocab = weight.shape[0]
-    rows = max(1, 4 * DEFAULT_CHUNK_ELEMENTS // max(vocab, 1)) if chunk_size is None else _rows_per_chunk(
-        chunk_size, vocab)
+    rows, cols = _tile_sizes(chunk_size, vocab_chunk_size, B * T, weight.shape[0], hidden.device)
     # reshape copies only for non-viewable slices, and then only [B, T, H], not [B, T, V].
-    logp_N, ent_N = _HiddenLogSoftmax.apply(hidden.reshape(B * T, H), weight, ids.reshape(B * T), rows,
+    logp_N, ent_N = _HiddenLogSoftmax.apply(hidden.reshape(B * T, H), weight, ids.reshape(B * T), rows, cols,
                                             temperature, want_entropy)
     return logp_N.view(B, T), (ent_N.view(B, T) if want_entropy else ent_N)
 
@@ -356,20 +461,21 @@ def hidden_logprobs(
     ids: Tensor,
     *,
     chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
     temperature: float = 1.0,
 ) -> Tensor:
-    """Token log-probs straight from the last hidden state: logits are computed per chunk of rows and dropped.
+    """Token log-probs straight from the last hidden state: logits are computed one tile at a time and dropped.
 
     Equivalent to ``token_logprobs(hidden_BTH @ lm_head_weight_VH.T, ids)`` (an LM head without bias, as in
-    Llama/Qwen), differentiable w.r.t. both the hidden state and the weight. Neither pass holds more than
-    ``chunk_size x V`` logits (default ``chunk_size``: ``max(1, 2**24 // V)`` rows).
-    The price is one extra LM-head matmul in the backward (the logits are recomputed chunk by chunk): about
-    1.3-1.7x the time of the naive ``log_softmax(hidden @ W.T)`` on CPU, for 1/13 of its peak memory.
+    Llama/Qwen), differentiable w.r.t. both the hidden state and the weight. Neither pass holds more than one
+    ``chunk_size x vocab_chunk_size`` tile of logits (defaults 1,024 rows x 4,096 vocabulary entries) besides
+    [N]-sized vectors and the gradients themselves. The price is one extra LM-head matmul in the backward (each
+    tile is recomputed); benchmarks/bench_loss.py measures it against the naive path.
 
     Shapes:
         hidden_BTH: [B, T, H], lm_head_weight_VH: [V, H] (same dtype), ids: [B, T] int64 -> [B, T] float32
     """
-    return _hidden_apply(hidden_BTH, lm_head_weight_VH, ids, chunk_size, temperature, False)[0]
+    return _hidden_apply(hidden_BTH, lm_head_weight_VH, ids, chunk_size, vocab_chunk_size, temperature, False)[0]
 
 
 def hidden_logprobs_and_entropy(
@@ -378,11 +484,12 @@ def hidden_logprobs_and_entropy(
     ids: Tensor,
     *,
     chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
     temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`hidden_logprobs` plus the per-token entropy, in the same chunked pass.
+    """:func:`hidden_logprobs` plus the per-token entropy, in the same tiled pass.
 
     Shapes:
         hidden_BTH: [B, T, H], lm_head_weight_VH: [V, H], ids: [B, T] int64 -> ([B, T], [B, T]) float32
     """
-    return _hidden_apply(hidden_BTH, lm_head_weight_VH, ids, chunk_size, temperature, True)
+    return _hidden_apply(hidden_BTH, lm_head_weight_VH, ids, chunk_size, vocab_chunk_size, temperature, True)

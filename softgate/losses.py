@@ -40,6 +40,8 @@ normalizer is passed (``LossTerms.cat`` sums them). Undefined statistics (no val
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -326,7 +328,9 @@ def policy_loss(
         group_ids / group_size: which rows form a group (the G completions of a prompt) for EUR. With neither,
             every sequence is its own group (EUR is then the mean over sequences of each one's mean f').
         log_ratio_bound: clamp of the token log-ratio (and of the reference log-ratio of the KL term).
-        ref_logp, kl_coef, kl_estimator: optional KL(pi_theta || pi_ref) penalty (k1 | k2 | k3, per token).
+        ref_logp, kl_coef, kl_estimator: optional KL penalty (k1 | k2 | k3, per token). Each value estimates
+            KL(pi_theta || pi_ref); as a loss term k2's gradient is that of KL(pi_theta || pi_ref), k3's that of
+            KL(pi_ref || pi_theta), k1's is zero in expectation (it warns) -- docs/losses.md.
             ``ref_logp`` alone (kl_coef = 0) only reports ``kl_ref``.
         entropy, entropy_coef: optional per-token entropies [B, T] and bonus weight; ``entropy`` alone only
             reports its mean.
@@ -387,6 +391,14 @@ def cispo_loss(
                             soft_clip_threshold=soft_clip_threshold)
 
 
+@functools.cache
+def _warn_k1_loss_term() -> None:
+    # E_pi[grad k1] = E_pi[grad log pi] = 0 (docs/losses.md, "What each estimator's gradient is").
+    warnings.warn("kl_estimator='k1' as a loss term (kl_coef != 0) has zero expected gradient: it adds noise, "
+                  "not a pull towards the reference; use k2 (gradient of KL(pi||ref)) or k3 (gradient of "
+                  "KL(ref||pi))", UserWarning, stacklevel=4)
+
+
 def _penalties(
     logp: Tensor,
     mask: Tensor,
@@ -408,6 +420,8 @@ def _penalties(
         raise ValueError(f"unknown KL estimator {o.kl_estimator!r}; known estimators: {', '.join(KL_ESTIMATORS)}")
     if o.kl_coef != 0.0 and ref_logp is None:
         raise ValueError(f"kl_coef={o.kl_coef} needs ref_logp (the reference policy's token log-probs)")
+    if o.kl_coef != 0.0 and o.kl_estimator == "k1":
+        _warn_k1_loss_term()
     if o.entropy_coef != 0.0 and entropy is None:
         raise ValueError(f"entropy_coef={o.entropy_coef} needs entropy (per-token entropies [B, T])")
     extra: Tensor | None = None

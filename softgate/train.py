@@ -119,7 +119,8 @@ def grader_metrics(graded: GraderStats) -> dict[str, float]:
 
 
 @torch.no_grad()
-def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float, shared_prompt: bool) -> torch.Tensor:
+def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float, shared_prompt: bool,
+                     impl: str = "auto") -> torch.Tensor:
     """Log-probs of every completion token of ``rollout`` under ``model``, in micro-batches: the old log-probs
     (``model`` = the policy that sampled) or the reference log-probs (``model`` = the reference). Shape: [N, T]."""
     T = rollout.completion_mask.shape[1]
@@ -127,7 +128,7 @@ def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float,
     for i in range(0, rollout.input_ids.shape[0], micro):
         rows = slice(i, i + micro)
         logp, _ = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows], T,
-                                      temperature=temperature,
+                                      temperature=temperature, impl=impl,
                                       group_ids=rollout.group_ids[rows] if shared_prompt else None)
         out.append(logp)
     return torch.cat(out)
@@ -174,7 +175,7 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
         with autocast(device, cfg.model.compute_dtype):  # forward in the compute dtype; log-softmax in float32
             logp, entropy = completion_logprobs(
                 model, rollout.input_ids[chunk], rollout.attention_mask[chunk], T,
-                temperature=cfg.rollout.temperature, with_entropy=True,
+                temperature=cfg.rollout.temperature, with_entropy=True, impl=cfg.model.logprob_impl,
                 group_ids=rollout.group_ids[chunk] if cfg.model.shared_prompt_pass else None,
             )
             # The entropy is always passed: with entropy_coef = 0 it is only reported, and costs no backward.
@@ -348,7 +349,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         G, P = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
         updates_per_step = cfg.algo.num_iterations * cfg.algo.minibatches  # update slots per RL step
         logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
-                            shared_prompt=cfg.model.shared_prompt_pass)
+                            shared_prompt=cfg.model.shared_prompt_pass, impl=cfg.model.logprob_impl)
         stream = PromptStream(len(data.train), cfg.seed, cursor)
         log, eval_log = run.metrics_writer(), run.eval_writer()
         sinks = TrackingSinks(run.path, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,

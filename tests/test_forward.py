@@ -1,5 +1,6 @@
 """The shared-prompt forward pass equals the full pass (log-probs, entropies and parameter gradients), and neither
-copies the [N, T, V] logits."""
+copies the [N, T, V] logits; the hidden-state path (``impl="hidden"``) equals the logits path and never makes a
+vocabulary-sized tensor; ``auto`` picks by vocabulary size and LM head; the trainer runs on the hidden path."""
 
 import pytest
 import torch
@@ -24,12 +25,12 @@ def model_and_rollout():
     return model.double(), rollout
 
 
-def grads_and_values(model, rollout, rows, group_ids):
+def grads_and_values(model, rollout, rows, group_ids, impl="logits"):
     model.zero_grad(set_to_none=True)
     T = rollout.completion_mask.shape[1]
     mask = rollout.completion_mask[rows]
     logp, entropy = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows], T,
-                                        temperature=0.8, with_entropy=True, group_ids=group_ids)
+                                        temperature=0.8, with_entropy=True, group_ids=group_ids, impl=impl)
     weights = torch.linspace(-1, 1, mask.numel(), dtype=torch.float64).view_as(mask)
     ((logp * weights).masked_fill(~mask, 0).sum() + (entropy * mask).sum()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -127,3 +128,160 @@ def test_the_forward_pass_makes_no_copy_of_the_logits(fresh_model_and_rollout, m
     expected = torch.log_softmax(logits / 0.7, -1).gather(-1, rollout.input_ids[:, -T:, None]).squeeze(-1)
     mask = rollout.completion_mask
     torch.testing.assert_close(logp[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hidden-state path
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 8 rows x 64 vocabulary entries: the tiny model's 310-entry vocabulary spans 5 tiles (the last
+    one partial), and a rollout's rows several row tiles."""
+    monkeypatch.setattr(softgate.logprobs, "DEFAULT_VOCAB_TILE", 64)
+    monkeypatch.setattr(softgate.logprobs, "DEFAULT_CHUNK_ELEMENTS", 8 * 64)
+
+
+# float32 entropies: the logits path takes H = lse - E_p[x], which loses ~2e-5 to cancellation on near-certain
+# tokens (|x| ~ 20); the hidden path's H = log S - A / S (module docstring of softgate.logprobs) is ~10x closer to
+# the float64 value. Hence the looser entropy tolerance, set by the logits path's error.
+@pytest.mark.parametrize("dtype, vtol, etol, gtol", [(torch.float64, 1e-10, 1e-10, 1e-6),
+                                                     (torch.float32, 2e-5, 5e-5, 2e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("shared", [False, True], ids=["full-pass", "shared-prompt"])
+def test_hidden_path_equals_logits_path(model_and_rollout, small_tiles, dtype, vtol, etol, gtol, shared):
+    """Log-probs, entropies (at temperature 0.8) and every parameter gradient of an objective that weights both
+    are those of the logits path. float64: Llama's RMSNorm computes in float32, hence gradients to ~1e-7 relative."""
+    import copy
+
+    model, rollout = model_and_rollout
+    model = copy.deepcopy(model).to(dtype)
+    rows = torch.arange(rollout.input_ids.shape[0])
+    group_ids = rollout.group_ids if shared else None
+    want = grads_and_values(model, rollout, rows, group_ids, impl="logits")
+    got = grads_and_values(model, rollout, rows, group_ids, impl="hidden")
+    assert got[0].dtype == want[0].dtype == torch.promote_types(dtype, torch.float32)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=vtol)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=etol)
+    assert got[2].keys() == want[2].keys() and "model.embed_tokens.weight" in want[2]  # the tied LM head
+    for name, g in want[2].items():
+        assert (got[2][name] - g).norm() <= gtol * g.norm(), name
+
+
+def test_hidden_path_under_bf16_autocast_follows_the_lm_head(fresh_model_and_rollout):
+    """Under bf16 autocast the tiles' matmul runs in bf16 as the LM head's does: the two paths then agree to bf16
+    rounding of the logits, return float32 log-probs, and give the float32 parameters nearly the same gradient."""
+    model, rollout = fresh_model_and_rollout
+    T, mask = rollout.completion_mask.shape[1], rollout.completion_mask
+    out, grads = {}, {}
+    for impl in ("logits", "hidden"):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, impl=impl,
+                                          temperature=0.7, group_ids=rollout.group_ids)
+        logp[mask].sum().backward()
+        out[impl] = logp.detach()[mask]
+        grads[impl] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    with torch.no_grad():
+        fp32, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, impl="hidden",
+                                      temperature=0.7)
+    assert out["hidden"].dtype == torch.float32 and grads["hidden"].dtype == torch.float32
+    torch.testing.assert_close(out["hidden"], out["logits"], rtol=0, atol=0.05)
+    assert not torch.equal(out["hidden"], fp32[mask])  # autocast did change the numerics
+    cosine = torch.nn.functional.cosine_similarity(grads["hidden"], grads["logits"], dim=0)
+    assert cosine > 0.999
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["full-pass", "shared-prompt"])
+def test_hidden_path_makes_no_vocabulary_sized_tensor(fresh_model_and_rollout, small_tiles, shared):
+    """Forward and backward of the hidden path: no tensor whose last dimension is the vocabulary is ever made."""
+    model, rollout = fresh_model_and_rollout
+    V = model.config.vocab_size
+    T = rollout.completion_mask.shape[1]
+    model.zero_grad(set_to_none=True)
+    with VocabAllocations(V) as seen:
+        logp, entropy = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, temperature=0.7,
+                                            with_entropy=True, impl="hidden",
+                                            group_ids=rollout.group_ids if shared else None)
+        (logp.sum() + entropy.sum()).backward()
+    assert seen.made == []
+    assert model.get_output_embeddings().weight.grad.abs().max() > 0
+
+
+def test_auto_picks_hidden_for_large_vocabularies_and_plain_heads(fresh_model_and_rollout, monkeypatch):
+    import copy
+
+    import softgate.forward as forward
+
+    model, _ = fresh_model_and_rollout
+    assert model.config.vocab_size < forward.HIDDEN_VOCAB_THRESHOLD
+    assert forward.resolve_logprob_impl(model, "auto") == "logits"
+    assert forward.resolve_logprob_impl(model, "hidden") == "hidden"
+    monkeypatch.setattr(forward, "HIDDEN_VOCAB_THRESHOLD", model.config.vocab_size)
+    assert forward.resolve_logprob_impl(model, "auto") == "hidden"
+
+    capped = copy.deepcopy(model)
+    capped.config.final_logit_softcapping = 30.0
+    biased = copy.deepcopy(model)
+    biased.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+    for other, reason in ((capped, "final_logit_softcapping"), (biased, "bias")):
+        assert forward.resolve_logprob_impl(other, "auto") == "logits"
+        with pytest.raises(ValueError, match=reason):
+            forward.resolve_logprob_impl(other, "hidden")
+    with pytest.raises(ValueError, match="unknown logprob_impl"):
+        forward.resolve_logprob_impl(model, "chunked")
+
+
+@pytest.mark.slow
+def test_trainer_runs_on_the_hidden_path(tmp_path, monkeypatch):
+    """Two RL steps with logprob_impl=hidden, an entropy bonus (so the entropy gradient flows) and the shared prompt
+    pass: every pass went through the hidden path and every on-policy update has r = 1 exactly."""
+    import softgate.forward as forward
+    from softgate.config import load_config
+    from softgate.rundir import read_jsonl
+    from softgate.train import train
+
+    calls = []
+    original = forward._hidden_scores
+    monkeypatch.setattr(forward, "_hidden_scores", lambda *a, **k: calls.append(a[4]) or original(*a, **k))
+    out = tmp_path / "run"
+    train(load_config(None, [
+        f"output_dir={out}", "steps=2", "rollout.prompts_per_step=2", "rollout.num_generations=4",
+        "rollout.max_new_tokens=8", "algo.minibatches=2", "algo.micro_batch_size=4", "eval.size=0",
+        "log.save_every=0", "log.progress=false", "model.threads=1", "model.logprob_impl=hidden",
+        "loss.entropy_coef=0.01"]))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert len(metrics) == 2 * 2 * 2
+    on_policy = [m for m in metrics if m["policy/on_policy"]]
+    assert len(on_policy) == 2
+    assert all(m["gate/ratio_min"] == m["gate/ratio_max"] == 1.0 for m in on_policy)
+    assert calls.count(True) == len(metrics) and calls.count(False) == 2 * 2  # one micro-batch per update; old logp
+
+
+def test_a_checkpointed_model_uses_the_full_pass_in_no_grad_passes_too(fresh_model_and_rollout, monkeypatch):
+    """With gradient checkpointing the training passes must use the full pass (no KV cache in checkpointed layers);
+    the old log-probs (eval mode, no grad) then use it too, so that the on-policy update repeats their computation
+    exactly (in bf16 the shared and the full pass differ by ~0.1 nats on SmolLM2-135M: r != 1 on-policy)."""
+    import copy
+
+    import softgate.forward as forward
+
+    model, rollout = fresh_model_and_rollout
+    model = copy.deepcopy(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    original = forward._shared_prompt_pass
+    monkeypatch.setattr(forward, "_shared_prompt_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    T = rollout.completion_mask.shape[1]
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        old, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    assert calls == []
+    assert torch.equal(old, new.detach())
+    model.gradient_checkpointing_disable()
+    with torch.no_grad():
+        completion_logprobs(model, rollout.input_ids, rollout.attention_mask, T, group_ids=rollout.group_ids)
+    assert calls == [1]  # without checkpointing the shared pass serves

@@ -402,6 +402,50 @@ def test_kl_penalty_gradient_closed_form(estimator: str, dk_dlogp) -> None:  # t
     assert stats["loss"].item() == pytest.approx(stats["pg_loss"].item() + stats["kl_loss"].item(), rel=1e-14)
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_estimators_expected_gradient_as_a_loss_term(estimator: str) -> None:
+    """On-policy (y ~ pi_theta, the sampling not differentiated), the expected gradient of the KL term is, exactly:
+    k1 -> 0; k2 -> grad KL(pi || ref); k3 -> grad KL(ref || pi) (docs/losses.md). The expectation is the exact
+    sum over a 7-token vocabulary of pi(y) times the gradient of the loss the library builds for a batch holding
+    the single token y (adv = 0, so only the KL term moves); the two KLs are computed in closed form."""
+    gen = torch.Generator().manual_seed(21)
+    theta = torch.randn(7, dtype=F64, generator=gen).requires_grad_()  # pi_theta = softmax(theta)
+    ref = torch.log_softmax(torch.randn(7, dtype=F64, generator=gen) * 2, 0)
+    logp = torch.log_softmax(theta, 0)
+    pi = logp.exp().detach()
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    expected_loss = sum(
+        pi[y] * policy_loss(logp[y].view(1, 1), logp[y].detach().view(1, 1), torch.zeros(1, dtype=F64), mask,
+                            _gate("sigmoid"), ref_logp=ref[y].view(1, 1), kl_coef=1.0,
+                            kl_estimator=estimator)[0]  # type: ignore[arg-type]
+        for y in range(7))
+    got = _grad(expected_loss, theta)
+    logp = torch.log_softmax(theta, 0)  # a fresh graph for each gradient
+    reverse = _grad((logp.exp() * (logp - ref)).sum(), theta)  # KL(pi || ref)
+    logp = torch.log_softmax(theta, 0)
+    forward = _grad((ref.exp() * (ref - logp)).sum(), theta)  # KL(ref || pi)
+    want = {"k1": torch.zeros(7, dtype=F64), "k2": reverse, "k3": forward}[estimator]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert (reverse - forward).abs().max() > 0.1  # the two KLs' gradients differ here: the test tells them apart
+
+
+def test_k1_as_a_loss_term_warns_once() -> None:
+    import warnings
+
+    import softgate.losses
+
+    softgate.losses._warn_k1_loss_term.cache_clear()
+    logp, old, adv, mask = _batch(seed=16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        policy_loss(logp, old, adv, mask, _gate("erf"), ref_logp=old, kl_estimator="k1")  # kl_coef = 0: no warning
+        for _ in range(3):
+            policy_loss(logp, old, adv, mask, _gate("erf"), ref_logp=old, kl_coef=0.1, kl_estimator="k1")
+        policy_loss(logp, old, adv, mask, _gate("erf"), ref_logp=old, kl_coef=0.1, kl_estimator="k3")
+    messages = [str(w.message) for w in seen]
+    assert len(messages) == 1 and "zero expected gradient" in messages[0]
+
+
 def test_entropy_bonus_gradient_and_value() -> None:
     logp, old, adv, mask = _batch(seed=15)
     ent = torch.rand(logp.shape, dtype=F64).requires_grad_()

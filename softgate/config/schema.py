@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from softgate.choices import AdvantageEstimator, AggMode, Backend, DType, Engine, KLEstimator, Level, Schedule
+from softgate.choices import (AdvantageEstimator, AggMode, Backend, DType, Engine, KLEstimator, Level,
+                              LogprobImpl, Schedule)
 from softgate.grading import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS
 
 if TYPE_CHECKING:  # softgate.gates imports torch; the config stays light so that --help is fast
@@ -42,6 +43,11 @@ class ModelConfig:
     shared_prompt_pass: bool = True
     """In log-prob passes, run each prompt once per group of G and index its KV cache out to the G completions
     (exact; fewer tokens). Turn off for models whose cache cannot be indexed by batch."""
+    logprob_impl: LogprobImpl = "auto"
+    """How token log-probs are taken: logits (the model's [N, T, V] logits, reduced in chunks), hidden (the LM head
+    applied to the last hidden state one tile at a time and recomputed in backward: no [N, T, V] tensor, ~1/13 of
+    the memory at V = 151,936) or auto (hidden from a vocabulary of 32,768 on, when the LM head is a plain linear
+    layer). Same values and gradients either way."""
 
 
 @dataclass
