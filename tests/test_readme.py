@@ -57,6 +57,12 @@ NOT_RUN = {
                                                      "tests/test_train.py::test_one_rl_step_on_smollm2_from_gguf "
                                                      "runs one step of it",
     **dict.fromkeys([
+        "softgate eval --model smollm2:135m-instruct --task gsm8k --data gsm8k_test.jsonl --limit 100 --out eval_gsm8k",
+        "softgate eval --model MODEL --data problems.jsonl --question-field problem --answer-field final --out eval_any",
+    ], "placeholders for the reader's own data files (tests/test_eval_command.py runs both kinds on fixtures)"),
+    "softgate train configs/paper_qwen2.5_7b.yaml --engine trl --processes 8 --accelerate-config "
+    "examples/deepspeed_zero3.yaml": "the paper's 7B run on 8 GPUs with DeepSpeed (neither is here)",
+    **dict.fromkeys([
         "python3 -m venv .venv-verl",
         ".venv-verl/bin/python -m pip install --upgrade pip",
         ".venv-verl/bin/python -m pip install torch==2.13.0",
