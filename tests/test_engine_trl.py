@@ -58,6 +58,7 @@ def test_every_config_key_is_mapped_or_refused() -> None:
 @pytest.mark.parametrize(("override", "key"), [
     ("algo.advantage=rloo", "algo.advantage"),
     ("algo.drop_zero_variance=true", "algo.drop_zero_variance"),
+    ("algo.staleness=2", "algo.staleness"),
     ("algo.eur_target=0.8", "algo.eur_target"),
     ("loss.entropy_coef=0.01", "loss.entropy_coef"),
     ("loss.kl_estimator=k1", "loss.kl_estimator"),
@@ -263,15 +264,15 @@ def test_engines_sweep_dry_run(tmp_path: Path) -> None:
 
     sweep = load_sweep(ROOT / "sweeps" / "engines.yaml")
     cells = sweep.cells(tmp_path)
-    assert len(cells) == 8
-    assert {c.overrides["engine"] for c in cells} == {"native", "trl"} and {c.seed for c in cells} == {0, 1}
+    assert len(cells) == 12
+    assert {c.overrides["engine"] for c in cells} == {"native", "trl"} and {c.seed for c in cells} == {0, 1, 2}
     assert len({c.variant for c in cells}) == 4
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "softgate.cli", "sweep", str(ROOT / "sweeps" / "engines.yaml"),
                           "--dry-run", "--out", str(tmp_path / "sweep")], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("overrides: engine=trl") == 4 and out.stdout.count("overrides: engine=native") == 4
+    assert out.stdout.count("overrides: engine=trl") == 6 and out.stdout.count("overrides: engine=native") == 4
 
 
 def _fake_run(path: Path, *, engine: str, gate: str, params: dict[str, float], seed: int, acc: float) -> None:

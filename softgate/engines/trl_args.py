@@ -45,6 +45,7 @@ KEY_MAP: dict[str, str] = {
     "algo.advantage": "scale_rewards (std: group, mean: none; rloo refused)",
     "algo.num_iterations": "num_iterations",
     "algo.drop_zero_variance": "refused when true",
+    "algo.staleness": "refused when > 0",
     "algo.eur_target, algo.eur_rate": "refused when eur_target is set",
     "algo.minibatches": "steps_per_generation = minibatches x gradient_accumulation_steps",
     "algo.micro_batch_size": "per_device_train_batch_size (largest divisor of a process's minibatch rows <= it)",
@@ -62,8 +63,8 @@ KEY_MAP: dict[str, str] = {
     "grader.*": "softgate (the reward's grader)",
 }
 
-# Keys that only make the native engine faster; the trl engine computes the same thing without them.
-NATIVE_ONLY_SPEED = ("model.shared_prompt_pass",)
+# Keys that only make the native engine faster or leaner; the trl engine computes the same values without them.
+NATIVE_ONLY_SPEED = ("model.shared_prompt_pass", "model.logprob_impl")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def refusals(cfg: Config) -> list[str]:
         out.append("algo.advantage=rloo: TRL's GRPOTrainer has no leave-one-out advantage (use std or mean)")
     if cfg.algo.drop_zero_variance:
         out.append("algo.drop_zero_variance=true: TRL trains on every group (set it to false)")
+    if cfg.algo.staleness:
+        out.append(f"algo.staleness={cfg.algo.staleness}: TRL samples from the current policy (set it to 0)")
     if cfg.algo.eur_target is not None:
         out.append("algo.eur_target: the EUR temperature controller is the native engine's (unset it)")
     if cfg.loss.entropy_coef != 0:
