@@ -272,7 +272,7 @@ def test_engines_sweep_dry_run(tmp_path: Path) -> None:
                           "--dry-run", "--out", str(tmp_path / "sweep")], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("overrides: engine=trl") == 6 and out.stdout.count("overrides: engine=native") == 4
+    assert out.stdout.count("overrides: engine=trl") == 6 and out.stdout.count("overrides: engine=native") == 6
 
 
 def _fake_run(path: Path, *, engine: str, gate: str, params: dict[str, float], seed: int, acc: float) -> None:
