@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from softgate.report.runs import Variant
 
 __all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_entropy", "plot_gate_shapes",
-           "plot_gates", "plot_run", "smooth"]
+           "plot_gates", "plot_run", "ratio_histogram_svg", "smooth"]
 
 # The per-step figures drawn for a run and compared across variants: metric key -> title.
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -220,6 +220,25 @@ def _plot_run_evals(run: RunDir, evals: list[dict[str, Any]]) -> Path:
     _style(ax, f"{run.path.name}: held-out evaluation", "optimizer step")
     ax.legend()
     return _save(fig, run.plots / "eval.png")
+
+
+def ratio_histogram_svg(ratios: Sequence[float], title: str) -> str:
+    """Histogram of token ratios r (log-spaced bins, r = 1 marked) as SVG text, for ``softgate inspect``'s page."""
+    import io
+
+    r = np.asarray(ratios, dtype=np.float64)  # (n_tokens,)
+    r = r[np.isfinite(r) & (r > 0)]
+    fig = _figure(4.2, 3.4)
+    ax = fig.add_subplot()
+    if r.size:
+        spread = max(abs(np.log(r)).max(), 1e-3) * 1.1  # symmetric in log r, with a margin
+        ax.hist(r, bins=np.exp(np.linspace(-spread, spread, 31)), color="C0", alpha=0.8)
+        ax.set_xscale("log")
+    ax.axvline(1.0, color="0.3", linewidth=0.9, linestyle=":")
+    _style(ax, title, "importance ratio r (log scale)", "tokens")
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ sweep``, the run plots and resume. Layout (schema 2)::
       config.yaml       the resolved config (what --resume reloads)
       metrics.jsonl     one JSON object per optimizer step ("step", "rl_step", "policy/on_policy", ...)
       eval.jsonl        one JSON object per held-out evaluation ("step", "rl_step", "eval/...")
+      samples.jsonl     with log.samples_every = N: one JSON object per kept completion of every N-th RL step
+                        ("rl_step", "row", "advantage", "tokens", "ratio", "gate_weight"; softgate.inspect)
       summary.json      start vs end figures, written when the run finishes
       checkpoints/step_XXXXXX/   complete checkpoints only (state.json written last; see softgate.checkpoint)
       plots/            figures of the run
@@ -36,6 +38,7 @@ RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
 METRICS_JSONL = "metrics.jsonl"
 EVAL_JSONL = "eval.jsonl"
+SAMPLES_JSONL = "samples.jsonl"
 SUMMARY_JSON = "summary.json"
 CHECKPOINTS = "checkpoints"
 PLOTS = "plots"
@@ -302,6 +305,10 @@ class RunDir:
         return self.path / EVAL_JSONL
 
     @property
+    def samples_jsonl(self) -> Path:
+        return self.path / SAMPLES_JSONL
+
+    @property
     def summary_json(self) -> Path:
         return self.path / SUMMARY_JSON
 
@@ -379,7 +386,8 @@ class RunDir:
         """The files of a run attempt that exist, checkpoints aside (what ``softgate sweep`` moves out of the way
         before starting a cell over: the trainer refuses to mix two runs in one metrics.jsonl)."""
         names = (RUN_JSON, CONFIG_YAML, METRICS_JSONL, orphaned_path(METRICS_JSONL).name, EVAL_JSONL,
-                 orphaned_path(EVAL_JSONL).name, SUMMARY_JSON, PLOTS)
+                 orphaned_path(EVAL_JSONL).name, SAMPLES_JSONL, orphaned_path(SAMPLES_JSONL).name, SUMMARY_JSON,
+                 PLOTS)
         return [self.path / name for name in names if (self.path / name).exists()]
 
     # -- run.json --
@@ -409,9 +417,20 @@ class RunDir:
     def read_evals(self) -> list[dict[str, Any]]:
         return read_jsonl(self.eval_jsonl, require="step")
 
+    def write_samples(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append kept completions (``log.samples_every``) to samples.jsonl."""
+        with JsonlWriter(self.samples_jsonl) as out:
+            for record in records:
+                out.write(record)
+
+    def read_samples(self) -> list[dict[str, Any]]:
+        """Kept completions, in the order written ([] when the run kept none)."""
+        return read_jsonl(self.samples_jsonl, require="rl_step")
+
     def truncate_logs_after(self, rl_step: int) -> int:
         """Move log lines past ``rl_step`` aside (resume); returns how many metric lines moved."""
         truncate_after(self.eval_jsonl, rl_step, key="rl_step")
+        truncate_after(self.samples_jsonl, rl_step, key="rl_step")
         return truncate_after(self.metrics_jsonl, rl_step, key="rl_step")
 
     # -- config and summary --

@@ -41,6 +41,7 @@ from softgate.diagnostics import LossTerms, loss_stats
 from softgate.evaluation import evaluate_policy
 from softgate.forward import completion_logprobs
 from softgate.grading import Grader, GraderStats
+from softgate.inspect import LastUpdate, sample_records
 from softgate.lifecycle import build_summary, interrupt_message, prepare_run_dir, restore, setup, write_run_json
 from softgate.lifecycle import load_policy as load_policy  # public as softgate.train.load_policy
 from softgate.losses import LossOptions, policy_loss_terms
@@ -156,9 +157,9 @@ class RolloutBatch:
 
 
 def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp, ref_logp, adv, gate,
-                        cfg: Config) -> dict[str, float]:
+                        cfg: Config, keep: LastUpdate | None = None) -> dict[str, float]:
     """Forward/backward over the micro-batches of one minibatch, gradients accumulated (no optimizer step);
-    returns the minibatch's loss statistics.
+    returns the minibatch's loss statistics. ``keep`` (``log.samples_every``) receives this update's per-token terms.
 
     Every micro-batch loss uses the whole minibatch's normalizer, so the accumulated gradient equals the gradient
     of the minibatch loss whatever the micro-batch size. The statistics are reduced once, over the whole minibatch
@@ -184,12 +185,16 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
                                             ref_logp=None if ref_logp is None else ref_logp[chunk])
         loss.backward()  # outside autocast, as torch.amp recommends
         parts.append(terms)
-    stats = loss_stats(LossTerms.cat(parts), group_ids=rollout.group_ids[idx])
+    terms = LossTerms.cat(parts)
+    if keep is not None:  # the very tensors behind this gradient; a later update of the RL step overwrites them
+        keep.idx, keep.terms, keep.gate = idx, terms, gate
+    stats = loss_stats(terms, group_ids=rollout.group_ids[idx])
     return {k: float(v) for k, v in stats.items()}
 
 
 def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: float, cfg: Config,
-                 behaviour: BehaviourPolicy | None = None) -> tuple[list[dict[str, Any]], float]:
+                 behaviour: BehaviourPolicy | None = None,
+                 keep: LastUpdate | None = None) -> tuple[list[dict[str, Any]], float]:
     """The updates of one RL step: ``algo.num_iterations`` passes over the batch, each split into
     ``algo.minibatches`` minibatches of whole groups (the first pass in order, later passes shuffled), one
     optimizer step per minibatch.
@@ -199,7 +204,7 @@ def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: fl
     schedules end with the run. An update is on-policy when no optimizer step was made since the rollout was
     sampled (r = 1 exactly, EUR = 1 whatever the gate): the EUR controller skips those. With a lagged rollout
     (``batch.policy_lag > 0``) no update is. ``behaviour`` (``algo.staleness > 0``) records the policy before
-    each optimizer step.
+    each optimizer step. ``keep`` ends up holding the terms of the last update made.
 
     Returns one record per update made, and the EUR controller's temperature scale after them.
     """
@@ -216,7 +221,7 @@ def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: fl
                 continue
             gate = make_gate(cfg, tau_scale)
             stats = update_on_minibatch(model, batch.rollout, idx, old_logp=batch.old_logp, ref_logp=batch.ref_logp,
-                                        adv=batch.adv, gate=gate, cfg=cfg)
+                                        adv=batch.adv, gate=gate, cfg=cfg, keep=keep)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf"))
             lr = scheduler.get_last_lr()[0]
@@ -400,10 +405,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 model.train()
                 t_logp = time.perf_counter()
 
-                # 4. update phase, then 5. logging phase: one metrics line per optimizer step.
+                # 4. update phase, then 5. logging phase: one metrics line per optimizer step (and with
+                # log.samples_every, a few completions with the per-token r and f'(r) of the last update).
+                last = LastUpdate() if cfg.log.samples_every > 0 and (step + 1) % cfg.log.samples_every == 0 else None
                 records, tau_scale = update_phase(model, s.optimizer, s.scheduler,
                                                   RolloutBatch(rollout, old_logp, ref_logp, adv, keep, lag), tau_scale,
-                                                  cfg, s.behaviour)
+                                                  cfg, s.behaviour, keep=last)
+                if last is not None:
+                    run.write_samples(sample_records(last, rollout, adv, s.tokenizer, step + 1))
                 timing = step_timing(t0, t_gen, t_logp, time.perf_counter(), int(rollout.completion_lengths.sum()))
                 log_phase(log, sinks, bar, step, records,
                           {**rollout_metrics(rewards, rollout), **grader_metrics(graded), "rollout/policy_lag": lag},

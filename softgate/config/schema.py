@@ -201,6 +201,9 @@ class LogConfig:
     """Write a checkpoint every N RL steps (0 = only at the end)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
+    samples_every: int = 0
+    """Every N RL steps, keep 4 completions of the last update (one group's rows) with their per-token ratio r,
+    gate weight f'(r) and advantage in ``samples.jsonl``, for ``softgate inspect`` (0 = off)."""
 
 
 @dataclass
