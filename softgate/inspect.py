@@ -108,7 +108,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 .completion{border:1px solid #ddd;border-radius:4px;margin:0 0 1em;padding:0.5em 0.7em}
 .head{font-size:0.85em;color:#555;margin-bottom:0.3em}.pos{color:#0a6b2a}.neg{color:#a4262c}
 .text{font-family:ui-monospace,monospace;font-size:0.95em;line-height:1.9;white-space:pre-wrap;word-break:break-word}
-.tok{border-right:1px solid #fff;padding:1px 0}.legend{margin:0.5em 0 1.2em;font-size:0.85em;max-width:520px}
+.tok{box-shadow:inset -1px -2px 0 #fff, inset 0 -3px 0 #ddd;padding:1px 1px}.legend{margin:0.5em 0 1.2em;font-size:0.85em;max-width:520px}
 .bar{height:14px;border:1px solid #999;margin-top:4px}.ticks{display:flex;justify-content:space-between}
 .note{color:#555;margin-top:2px}svg{max-width:100%;height:auto}"""
 

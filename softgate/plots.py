@@ -232,9 +232,10 @@ def ratio_histogram_svg(ratios: Sequence[float], title: str) -> str:
     ax = fig.add_subplot()
     if r.size:
         spread = max(abs(np.log(r)).max(), 1e-3) * 1.1  # symmetric in log r, with a margin
-        ax.hist(r, bins=np.exp(np.linspace(-spread, spread, 31)), color="C0", alpha=0.8)
+        ax.hist(r, bins=np.exp(np.linspace(-spread, spread, 61)), color="C0", alpha=0.8)
         ax.set_xscale("log")
     ax.axvline(1.0, color="0.3", linewidth=0.9, linestyle=":")
+    ax.yaxis.get_major_locator().set_params(integer=True)  # token counts
     _style(ax, title, "importance ratio r (log scale)", "tokens")
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
