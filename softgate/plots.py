@@ -2,7 +2,12 @@
 
 - ``plot_gates``: f, f' and x f'(x) side by side (the paper's gate figure); ``softgate gates plot`` and the report.
 - ``plot_run``: a run's training curves and held-out evaluations, written to ``RUN_DIR/plots/`` by the trainer.
-- ``plot_curves``, ``plot_eur_entropy``, ``plot_gate_shapes``: the figures of ``softgate report``.
+- ``plot_curves``, ``plot_eval_curve``, ``plot_eur_entropy``, ``plot_gate_shapes``: the figures of ``softgate report``.
+- ``ratio_histogram_svg``: the token-ratio histogram of ``softgate inspect``'s page.
+
+One x axis everywhere: RL steps (one rollout batch each), the unit of the progress bar, the summary and the report;
+a run's optimizer steps are grouped per RL step (``softgate.rundir.per_rl_step``). Axes are labelled in words, and
+every PNG is written with an SVG of the same figure next to it (for papers).
 
 Figures use matplotlib's object API on an Agg canvas (``Figure`` + ``FigureCanvasAgg``): no pyplot, no display and
 no switch of the global backend, so drawing is safe in headless runs and inside other programs. ``smooth`` is the
@@ -19,25 +24,26 @@ import numpy as np
 import torch
 
 from softgate import gates as gates_mod
-from softgate.rundir import RunDir, is_on_policy
+from softgate.rundir import RunDir, per_rl_step
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from softgate.report.runs import Variant
 
-__all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_entropy", "plot_gate_shapes",
-           "plot_gates", "plot_run", "ratio_histogram_svg", "smooth"]
+__all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_entropy", "plot_eval_curve",
+           "plot_gate_shapes", "plot_gates", "plot_run", "ratio_histogram_svg", "smooth"]
 
-# The per-step figures drawn for a run and compared across variants: metric key -> title.
+# The per-step figures drawn for a run and compared across variants: metric key -> axis label in words.
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
     ("reward/total", "total reward"),
     ("reward/format", "format reward"),
     ("train/accuracy", "training accuracy"),
-    ("gate/eur", "EUR (effective update ratio, Eq. 12), off-policy updates"),
+    ("gate/eur", "EUR (Eq. 12), off-policy updates"),
     ("policy/entropy", "policy entropy (nats/token)"),
     ("response/length_mean", "mean response length (tokens)"),
 )
+RL_STEP = "RL step"  # the x axis of every training figure
 DEFAULT_TAUS: tuple[float, ...] = (1.0, 5.0, 10.0)
 DPI = 110
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -66,9 +72,17 @@ def _style(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
 
 
 def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Write ``path`` (format from its suffix); a PNG gets the same figure as SVG next to it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
+    if path.suffix.lower() == ".png":
+        fig.savefig(path.with_suffix(".svg"))
     return path
+
+
+def _unit_margin(ax: Any) -> None:
+    """y limits for a fraction: [0, 1] with a margin, so that markers at 0 or 1 are drawn whole."""
+    ax.set_ylim(-0.04, 1.04)
 
 
 def _colors(names: Sequence[str]) -> dict[str, Any]:
@@ -151,7 +165,7 @@ def plot_gates(
     """
     variants = gate_variants(gates_or_names, taus)
     x = torch.linspace(0.0, float(x_max), int(points), dtype=torch.float64)  # (points,)
-    fig = _figure(16.5, 4.6)
+    fig = _figure(13, 5.2)
     axes = fig.subplots(1, 3)
     colors = _colors(list(dict.fromkeys(g.name for g, _ in variants)))
     seen: dict[str, int] = {}
@@ -168,7 +182,8 @@ def plot_gates(
         ax.axvline(1.0, color="0.6", linewidth=0.8, linestyle=":")
     axes[1].set_ylim(-0.05, 1.1)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # outside: the curves stay readable
+    # Below the panels, in columns, at the axis-label size: readable when the figure is shrunk to a page width.
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=10)
     fig.suptitle(f"gates on the {'A > 0 (tau_pos)' if advantage > 0 else 'A <= 0 (tau_neg)'} branch")
     return _save(fig, Path(out), dpi)
 
@@ -178,12 +193,13 @@ def plot_gates(
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/curves.png`` (training figures per optimizer step) and ``plots/eval.png`` (held-out)."""
+    """Write ``plots/curves.png`` (training figures per RL step) and ``plots/eval.png`` (held-out), each with its
+    SVG; returns the PNG paths."""
     run = RunDir(run_dir)
     written = []
     metrics = run.read_metrics()
     if metrics:
-        written.append(_plot_run_curves(run, metrics))
+        written.append(_plot_run_curves(run, per_rl_step(metrics) if "rl_step" in metrics[0] else metrics))
     evals = run.read_evals()
     if evals:
         written.append(_plot_run_evals(run, evals))
@@ -191,17 +207,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def _plot_run_curves(run: RunDir, metrics: list[dict[str, Any]]) -> Path:
-    """Raw values (light) and their trailing mean (dark); EUR of the off-policy updates only (on-policy = 1)."""
+    """Raw values (light) and their trailing mean (dark) per RL step (``metrics``: one row per RL step, gate
+    figures averaged over its off-policy updates, by ``per_rl_step``)."""
     fig = _figure(13, 7)
     window = max(1, len(metrics) // 25)
-    for ax, (key, title) in zip(fig.subplots(2, 3).flat, CURVE_METRICS):
-        rows = [m for m in metrics if not (key.startswith("gate/") and is_on_policy(m))]
-        points = [(m["step"], m[key]) for m in rows if m.get(key) is not None]
+    for ax, (key, label) in zip(fig.subplots(2, 3).flat, CURVE_METRICS):
+        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, alpha=0.25, color="C0")
             ax.plot(steps, smooth(values, window), color="C0")
-        _style(ax, title, "optimizer step")
+        _style(ax, label, RL_STEP, label)
     fig.suptitle(f"{run.path.name}: training (light: raw, dark: trailing mean of {window})")
     return _save(fig, run.plots / "curves.png")
 
@@ -209,15 +225,15 @@ def _plot_run_curves(run: RunDir, metrics: list[dict[str, Any]]) -> Path:
 def _plot_run_evals(run: RunDir, evals: list[dict[str, Any]]) -> Path:
     fig = _figure(6, 4)
     ax = fig.add_subplot()
-    steps = [e["step"] for e in evals]
+    steps = [e.get("rl_step", e["step"]) for e in evals]
     low = [e.get("eval/accuracy_ci_low") for e in evals]
     high = [e.get("eval/accuracy_ci_high") for e in evals]
     ax.plot(steps, [e.get("eval/accuracy") for e in evals], marker="o", label="accuracy (pass@1)")
     if None not in low and None not in high:
         ax.fill_between(steps, low, high, alpha=0.2, label="95% Wilson interval")
     ax.plot(steps, [e.get("eval/format_rate") for e in evals], marker="s", label="format rate")
-    ax.set_ylim(0, 1)
-    _style(ax, f"{run.path.name}: held-out evaluation", "optimizer step")
+    _unit_margin(ax)
+    _style(ax, f"{run.path.name}: held-out evaluation", RL_STEP, "fraction of held-out problems")
     ax.legend()
     return _save(fig, run.plots / "eval.png")
 
@@ -277,12 +293,65 @@ def plot_curves(variants: Sequence[Variant], out: Path, window: int, xlabel: str
             ax.plot(steps, mean, color=colors[v.name], label=f"{v.name} (n={n})", lw=1.6)
             if n > 1:
                 ax.fill_between(steps, lo, hi, color=colors[v.name], alpha=0.18, lw=0)
-        _style(ax, f"{title}: mean over seeds, band = min..max (trailing {window}-step mean)", xlabel, key)
+        _style(ax, f"{title}: mean over seeds, band = min..max (trailing {window}-step mean)", xlabel, title)
         ax.legend(fontsize=7, loc="best")
         name = "curve_" + key.replace("/", "_") + ".png"
         _save(fig, out / name)
         made.append((name, f"{key}: one line per variant (mean over seeds), band min..max across seeds"))
     return made
+
+
+def eval_curve(variant: Variant, task: str, *, seed: int = 0) -> list[tuple[float, float, float, float, int]]:
+    """Held-out accuracy of ``variant`` on ``task`` per evaluated RL step: (step, mean over seeds, low, high, n).
+
+    The interval is the 95% bootstrap interval of the mean across seeds when two or more seeds evaluated that
+    step, else that one run's Wilson interval over its problems (``eval/accuracy_ci_*``; NaN when not logged).
+    """
+    from softgate.intervals import bootstrap_mean_ci
+
+    by_step: dict[float, list[dict[str, Any]]] = {}
+    for r in variant.runs:
+        for row in r.evals:
+            acc = row.get("eval/accuracy")
+            if (row.get("eval/task") or r.task) == task and isinstance(acc, (int, float)) and np.isfinite(acc):
+                by_step.setdefault(float(row.get("rl_step", row["step"])), []).append(row)
+    out = []
+    for step in sorted(by_step):
+        rows = by_step[step]
+        accs = [float(row["eval/accuracy"]) for row in rows]
+        if len(rows) > 1:
+            ci = bootstrap_mean_ci(accs, n_resamples=2000, seed=seed)
+            low, high = ci.low, ci.high
+        else:
+            low, high = (float(rows[0].get(k) if rows[0].get(k) is not None else np.nan)
+                         for k in ("eval/accuracy_ci_low", "eval/accuracy_ci_high"))
+        out.append((step, float(np.mean(accs)), low, high, len(rows)))
+    return out
+
+
+def plot_eval_curve(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
+    """Held-out accuracy over training, one panel per evaluated task: a line per variant (mean over seeds) with
+    markers at the evaluations and its 95% interval as a band (``eval_curve``)."""
+    tasks = list(dict.fromkeys(row.get("eval/task") or r.task for v in variants for r in v.runs for row in r.evals
+                               if row.get("eval/task") or r.task))
+    curves = {t: [(v, c) for v in variants if (c := eval_curve(v, t))] for t in tasks}
+    tasks = [t for t in tasks if curves[t]]
+    if not tasks:
+        return []
+    colors = _colors([v.name for v in variants])
+    fig = _figure(6.5 * len(tasks), 4.5)
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
+        for v, points in curves[task]:
+            steps, mean, low, high, n = (np.asarray(c, dtype=np.float64) for c in zip(*points))
+            ax.plot(steps, mean, marker="o", ms=4, color=colors[v.name], label=f"{v.name} (n={int(n.max())})")
+            if np.isfinite(low).any():
+                ax.fill_between(steps, low, high, color=colors[v.name], alpha=0.18, lw=0)
+        _unit_margin(ax)
+        _style(ax, f"held-out accuracy on {task} (band: 95% interval)", RL_STEP, "held-out accuracy (pass@1)")
+        ax.legend(fontsize=8, loc="best")
+    _save(fig, out / "eval_accuracy.png")
+    return [("eval_accuracy.png", "held-out accuracy over training: mean over seeds; band = 95% bootstrap interval "
+                                  "across seeds (one seed: its Wilson interval over the problems)")]
 
 
 def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
@@ -299,13 +368,14 @@ def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, 
             x, y = xy[np.isfinite(xy).all(axis=1)].T  # (n_points,) each
             if not x.size:
                 continue
-            ax.scatter(x, y, s=6, alpha=0.25, color=colors[v.name], lw=0)
+            ax.scatter(x, y, s=16, alpha=0.55, color=colors[v.name], edgecolor="white", lw=0.3)
             ax.scatter([x.mean()], [y.mean()], s=60, color=colors[v.name], edgecolor="black",
                        label=v.name if first else None, zorder=3)
             first, any_points = False, True
     if not any_points:
         return []
-    _style(ax, "EUR vs entropy (small: per step; large: per-run mean)", "gate/eur", "policy/entropy")
+    _style(ax, "EUR vs entropy (small: per step; large: per-run mean)", "EUR (Eq. 12), off-policy updates",
+           "policy entropy (nats/token)")
     ax.legend(fontsize=7)
     _save(fig, out / "eur_vs_entropy.png")
     return [("eur_vs_entropy.png", "EUR against policy entropy; the paper finds lower EUR with higher entropy")]

@@ -28,6 +28,38 @@ def test_plot_run_writes_curves_and_eval(tmp_path: Path):
     written = plots.plot_run(run.path)
     assert written == [run.plots / "curves.png", run.plots / "eval.png"]
     assert all(p.read_bytes()[:8] == PNG for p in written)
+    assert all(p.with_suffix(".svg").read_text().lstrip().startswith("<?xml") for p in written)
+
+
+def test_run_figures_count_rl_steps_and_label_axes_in_words(tmp_path: Path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    with run.metrics_writer() as log:  # 3 RL steps of 2 updates each: optimizer steps 1..6
+        for step in range(1, 7):
+            log.write({"step": step, "rl_step": (step + 1) // 2, "policy/on_policy": step % 2 == 1,
+                       "reward/total": float(step), "gate/eur": 1.0 if step % 2 == 1 else 0.5})
+    with run.eval_writer() as log:
+        for rl_step in (0, 3):
+            log.write({"step": 2 * rl_step, "rl_step": rl_step, "eval/accuracy": 1.0, "eval/format_rate": 1.0})
+    figures = {}
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, *a: figures.setdefault(path.name, fig) and
+                        real_save(fig, path, *a))
+    plots.plot_run(run.path)
+    axes = {ax.get_title(): ax for ax in figures["curves.png"].axes}
+    reward, eur = axes["total reward"], axes["EUR (Eq. 12), off-policy updates"]
+    # x = RL steps 1..3; reward = the rollout's value; EUR = the off-policy update's only (0.5, not 0.75).
+    assert reward.lines[0].get_xdata().tolist() == [1, 2, 3]
+    assert reward.lines[0].get_ydata().tolist() == [1.5, 3.5, 5.5]
+    assert eur.lines[0].get_ydata().tolist() == [0.5, 0.5, 0.5]
+    metric_keys = {key for key, _ in plots.CURVE_METRICS}
+    for fig in figures.values():
+        for ax in fig.axes:
+            assert ax.get_xlabel() == "RL step"
+            assert ax.get_ylabel() and ax.get_ylabel() not in metric_keys
+    (ev,) = figures["eval.png"].axes
+    assert ev.lines[0].get_xdata().tolist() == [0, 3]
+    low, high = ev.get_ylim()
+    assert low < 0 and high > 1  # a marker at accuracy 1.0 is drawn whole
 
 
 def test_plot_run_of_an_empty_run_writes_nothing(tmp_path: Path):

@@ -445,11 +445,13 @@ def test_report_files_reference_only_files_that_exist(sweep_dir: Path, tmp_path:
     names = [name for name, _ in report.figures]
     assert names == ["gates.png", "curve_reward_total.png", "curve_reward_format.png", "curve_train_accuracy.png",
                      "curve_gate_eur.png", "curve_policy_entropy.png", "curve_response_length_mean.png",
-                     "eur_vs_entropy.png"]
+                     "eval_accuracy.png", "eur_vs_entropy.png"]
     (gates,) = fake_plotting
     assert [(g.name, g.params) for g in gates] == [("clip", GRPO), ("sigmoid", SIG)]
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in names[1:]:  # gates.png comes from the fake plot_gates here
+        assert (out / name).with_suffix(".svg").read_text().lstrip().startswith("<?xml")
 
     page = (out / "report.html").read_text()
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
@@ -493,3 +495,14 @@ def test_cli_report_exit_codes(sweep_dir: Path, tmp_path: Path, capsys: pytest.C
     assert cli.main(["report", str(sweep_dir / "sigmoid"), "--out", str(out), "--resamples", "200"]) == 0
     assert "3 run(s), 1 variant(s)" in capsys.readouterr().out
     assert (out / "summary.md").is_file() and (out / "report.html").is_file()
+
+
+def test_eval_curve_is_the_mean_over_seeds_with_a_bootstrap_band(sweep_dir: Path):
+    runs = rp.load_runs([sweep_dir])
+    (grpo,) = [v for v in rp.group_variants(runs) if v.is_baseline]
+    points = plots.eval_curve(grpo, "synthetic")
+    # GRPO's seeds evaluated at steps 0 (0.1 each), 20 (0.3 each) and 40 (0.5, 0.5, 0.8).
+    assert [(p[0], p[4]) for p in points] == [(0.0, 3), (20.0, 3), (40.0, 3)]
+    step, mean, low, high, _ = points[-1]
+    assert mean == pytest.approx(0.6) and 0.5 - 1e-9 <= low < mean < high <= 0.8 + 1e-9
+    assert points[0][1:4] == pytest.approx((0.1, 0.1, 0.1))  # equal seeds: no spread

@@ -4,10 +4,13 @@ Input: run directories (``softgate.rundir``) or any directory above them (a swee
 
 - ``gates.png``                    f, f', x f'(x) of the gates present
 - ``curve_<metric>.png``           per-step curves, one line per variant (mean over seeds), band = min..max
+- ``eval_accuracy.png``            held-out accuracy over training with its 95% intervals, one panel per task
 - ``eur_vs_entropy.png``           EUR against policy entropy (the paper's relation: lower EUR, higher entropy)
 - ``summary.md``                   the tables (Markdown) with the figures linked by relative path
 - ``report.html``                  one self-contained page: the same tables, figures embedded as base64
 - ``report.json``                  the numbers behind the tables
+
+Every figure is written as PNG (embedded in report.html) and as SVG of the same name (for papers).
 
 The package: ``runs`` (loading and grouping), ``tables`` (the numbers), ``render`` (Markdown and HTML); the figures
 are drawn by ``softgate.plots``. Conventions are in docs/sweeps.md.
@@ -60,6 +63,7 @@ def build_report(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     tables, data, notes = compute_tables(runs, variants, opt)
     figures, gate_notes = plots.plot_gate_shapes(variants, out)
     figures += plots.plot_curves(variants, out, opt.smooth, xlabel=step_unit(runs))
+    figures += plots.plot_eval_curve(variants, out)
     figures += plots.plot_eur_entropy(variants, out)
     missing = [key for key, _ in CURVE_METRICS if not any(r.series(key)[1].size for r in runs)]
     if missing:
