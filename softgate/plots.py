@@ -66,6 +66,8 @@ def _figure(width: float, height: float) -> Figure:
 def _style(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
+    if xlabel == RL_STEP:
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole RL steps
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
