@@ -2,7 +2,8 @@
 
 - ``plot_gates``: f, f' and x f'(x) side by side (the paper's gate figure); ``softgate gates plot`` and the report.
 - ``plot_run``: a run's training curves and held-out evaluations, written to ``RUN_DIR/plots/`` by the trainer.
-- ``plot_curves``, ``plot_eval_curve``, ``plot_eur_entropy``, ``plot_gate_shapes``: the figures of ``softgate report``.
+- ``plot_curves``, ``plot_eval_curve``, ``plot_eur_entropy``, ``plot_eur_drift``, ``plot_stability_map``,
+  ``plot_gate_shapes``: the figures of ``softgate report``.
 - ``ratio_histogram_svg``: the token-ratio histogram of ``softgate inspect``'s page.
 
 One x axis everywhere: RL steps (one rollout batch each), the unit of the progress bar, the summary and the report;
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from softgate.report.runs import Variant
+    from softgate.report.stability import Cell
 
-__all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_entropy", "plot_eval_curve",
-           "plot_gate_shapes", "plot_gates", "plot_run", "ratio_histogram_svg", "smooth"]
+__all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_drift", "plot_eur_entropy",
+           "plot_eval_curve", "plot_gate_shapes", "plot_gates", "plot_run", "plot_stability_map", "ratio_histogram_svg",
+           "smooth"]
 
 # The per-step figures drawn for a run and compared across variants: metric key -> axis label in words.
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -358,6 +361,18 @@ def plot_eval_curve(variants: Sequence[Variant], out: Path) -> list[tuple[str, s
 
 def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
     """Per-step (EUR, entropy) points per variant, and each run's mean as a large marker."""
+    return _eur_scatter(variants, out / "eur_vs_entropy.png", "policy/entropy", "policy entropy (nats/token)",
+                        "EUR against policy entropy; the paper finds lower EUR with higher entropy")
+
+
+def plot_eur_drift(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
+    """Per-step (EUR, measured drift KL(pi_old || pi_theta)) points per variant, and each run's mean."""
+    return _eur_scatter(variants, out / "eur_vs_drift.png", "policy/approx_kl",
+                        "drift KL(old || new) per update (k3)",
+                        "EUR against the measured drift KL(pi_old || pi_theta): does a lower EUR mean a smaller move?")
+
+
+def _eur_scatter(variants: Sequence[Variant], path: Path, key: str, ylabel: str, caption: str) -> list[tuple[str, str]]:
     colors = _colors([v.name for v in variants])
     fig = _figure(6.5, 4.5)
     ax = fig.add_subplot()
@@ -365,7 +380,7 @@ def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, 
     for v in variants:
         first = True
         for r in v.runs:
-            xy = np.asarray([(m.get("gate/eur"), m.get("policy/entropy")) for m in r.metrics],
+            xy = np.asarray([(m.get("gate/eur"), m.get(key)) for m in r.metrics],
                             dtype=np.float64).reshape(-1, 2)  # (n_steps, 2); a missing value is NaN
             x, y = xy[np.isfinite(xy).all(axis=1)].T  # (n_points,) each
             if not x.size:
@@ -376,11 +391,48 @@ def plot_eur_entropy(variants: Sequence[Variant], out: Path) -> list[tuple[str, 
             first, any_points = False, True
     if not any_points:
         return []
-    _style(ax, "EUR vs entropy (small: per step; large: per-run mean)", "EUR (Eq. 12), off-policy updates",
-           "policy entropy (nats/token)")
+    _style(ax, f"EUR vs {ylabel.split(' (')[0]} (small: per RL step; large: per-run mean)",
+           "EUR (Eq. 12), off-policy updates", ylabel)
     ax.legend(fontsize=7)
-    _save(fig, out / "eur_vs_entropy.png")
-    return [("eur_vs_entropy.png", "EUR against policy entropy; the paper finds lower EUR with higher entropy")]
+    _save(fig, path)
+    return [(path.name, caption)]
+
+
+def plot_stability_map(cells: dict[str, dict[tuple[float, int], Cell]], out: Path) -> list[tuple[str, str]]:
+    """Learning rate (x) x staleness (y), one panel per gate; colour = mean final minus initial held-out accuracy,
+    a cross and "c/n" where c of the cell's n runs collapsed (``softgate.report.stability``). Drawn when some gate
+    was run at two or more (lr, staleness) pairs."""
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+
+    if not any(len(by_key) > 1 for by_key in cells.values()):
+        return []
+    lrs = sorted({lr for by_key in cells.values() for lr, _ in by_key})
+    lags = sorted({k for by_key in cells.values() for _, k in by_key})
+    span = max(abs(c.mean_delta) for by_key in cells.values() for c in by_key.values()) or 1.0
+    norm, cmap = TwoSlopeNorm(0.0, -span, span), colormaps["RdBu"]
+    fig = _figure(1.2 + 1.1 * len(lrs) * len(cells) + 1.0, 1.4 + 0.8 * len(lags))
+    axes = fig.subplots(1, len(cells), squeeze=False)[0]
+    for ax, (gate, by_key) in zip(axes, cells.items()):
+        grid = np.full((len(lags), len(lrs)), np.nan)  # (staleness, lr)
+        for (lr, k), cell in by_key.items():
+            i, j = lags.index(k), lrs.index(lr)
+            grid[i, j] = cell.mean_delta
+            ax.text(j, i, f"{cell.mean_delta:+.2f}", ha="center", va="bottom", fontsize=8)
+            if cell.collapsed:
+                ax.plot(j, i, marker="x", color="black", ms=12, mew=2)
+                ax.text(j, i, f"{cell.collapsed}/{len(cell.deltas)}", ha="center", va="top", fontsize=7)
+        image = ax.imshow(grid, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(lags)), [str(k) for k in lags])
+        ax.set_title(gate, fontsize=9)
+        ax.set_xlabel("learning rate")
+    axes[0].set_ylabel("staleness k (optimizer steps)")
+    fig.colorbar(image, ax=list(axes), label="held-out accuracy, final minus initial")
+    _save(fig, out / "stability_map.png")
+    return [("stability_map.png", "stability map: learning rate x staleness per gate; colour = final minus initial "
+                                  "held-out accuracy (mean over seeds); x = c of n runs collapsed (final < 50% of "
+                                  "initial)")]
 
 
 def plot_gate_shapes(variants: Sequence[Variant], out: Path) -> tuple[list[tuple[str, str]], list[str]]:

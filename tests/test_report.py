@@ -506,3 +506,32 @@ def test_eval_curve_is_the_mean_over_seeds_with_a_bootstrap_band(sweep_dir: Path
     step, mean, low, high, _ = points[-1]
     assert mean == pytest.approx(0.6) and 0.5 - 1e-9 <= low < mean < high <= 0.8 + 1e-9
     assert points[0][1:4] == pytest.approx((0.1, 0.1, 0.1))  # equal seeds: no spread
+
+
+def stress_run(path: Path, gate: str, params: dict[str, float], lr: float, k: int, seed: int, final: float) -> None:
+    write_run(path, gate=gate, params=params, seed=seed, evals=[ev(0, 0.6), ev(STEPS, final)],
+              extra_metrics={"policy/approx_kl": 0.1 * k + lr * 100})
+    (path / "config.yaml").write_text(f"optim:\n  lr: {lr}\nalgo:\n  staleness: {k}\n")
+
+
+def test_stability_map_cells_and_collapse(tmp_path: Path):
+    from softgate.report.stability import collapsed, stability_cells
+
+    root = tmp_path / "study"
+    # sigmoid(1, 1.05) at lr 3e-4, k 4: one of two seeds falls from 0.6 to 0.2 (< 0.3 = half of 0.6): collapsed.
+    for seed, final in enumerate([0.2, 0.5]):
+        stress_run(root / f"a{seed}", "sigmoid", {"tau_pos": 1.0, "tau_neg": 1.05}, 3e-4, 4, seed, final)
+    stress_run(root / "b", "sigmoid", {"tau_pos": 1.0, "tau_neg": 1.05}, 1e-4, 0, 0, 0.9)
+    stress_run(root / "c", "clip", GRPO, 1e-4, 0, 0, 0.8)
+    cells = stability_cells(rp.load_runs([root]))
+    sig = cells["sigmoid-1-1.05"]
+    assert set(sig) == {(3e-4, 4), (1e-4, 0)}
+    assert sig[(3e-4, 4)].deltas == pytest.approx([-0.4, -0.1]) and sig[(3e-4, 4)].collapsed == 1
+    assert sig[(1e-4, 0)].mean_delta == pytest.approx(0.3) and sig[(1e-4, 0)].collapsed == 0
+    assert collapsed(0.6, 0.29) and not collapsed(0.6, 0.3)
+
+    out = tmp_path / "report"
+    report = rp.build_report([root], out, rp.ReportOptions(n_resamples=200))
+    names = [name for name, _ in report.figures]
+    assert "stability_map.png" in names and "eur_vs_drift.png" in names
+    assert (out / "stability_map.svg").is_file()

@@ -6,14 +6,17 @@ Input: run directories (``softgate.rundir``) or any directory above them (a swee
 - ``curve_<metric>.png``           per-step curves, one line per variant (mean over seeds), band = min..max
 - ``eval_accuracy.png``            held-out accuracy over training with its 95% intervals, one panel per task
 - ``eur_vs_entropy.png``           EUR against policy entropy (the paper's relation: lower EUR, higher entropy)
+- ``eur_vs_drift.png``             EUR against the measured drift KL(old || new) (``policy/approx_kl``)
+- ``stability_map.png``            learning rate x staleness per gate: accuracy change, collapsed runs marked
 - ``summary.md``                   the tables (Markdown) with the figures linked by relative path
 - ``report.html``                  one self-contained page: the same tables, figures embedded as base64
 - ``report.json``                  the numbers behind the tables
 
 Every figure is written as PNG (embedded in report.html) and as SVG of the same name (for papers).
 
-The package: ``runs`` (loading and grouping), ``tables`` (the numbers), ``render`` (Markdown and HTML); the figures
-are drawn by ``softgate.plots``. Conventions are in docs/sweeps.md.
+The package: ``runs`` (loading and grouping), ``tables`` (the numbers), ``stability`` (the stability map's cells and
+the collapse rule), ``render`` (Markdown and HTML); the figures are drawn by ``softgate.plots``. Conventions are in
+docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from softgate.report.runs import (
     ReportError, Run, Variant, find_runs, gate_of, group_variants, load_run, load_runs, mixed_gate_notes,
     step_unit,
 )
+from softgate.report.stability import stability_cells
 from softgate.report.tables import (
     ReportOptions, compute_tables, final_eval, final_value, seed_values, start_eval, steps_to_threshold,
 )
@@ -65,6 +69,8 @@ def build_report(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     figures += plots.plot_curves(variants, out, opt.smooth, xlabel=step_unit(runs))
     figures += plots.plot_eval_curve(variants, out)
     figures += plots.plot_eur_entropy(variants, out)
+    figures += plots.plot_eur_drift(variants, out)
+    figures += plots.plot_stability_map(stability_cells(runs), out)
     missing = [key for key, _ in CURVE_METRICS if not any(r.series(key)[1].size for r in runs)]
     if missing:
         notes.append(f"not logged by any run: {', '.join(missing)}")
