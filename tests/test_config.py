@@ -157,3 +157,8 @@ def test_micro_batch_larger_than_the_minibatch_means_one_pass():
 def test_unknown_task_is_caught_before_anything_loads():
     with pytest.raises(ConfigError, match=r"task.name: unknown task 'gsm9k'; known tasks: .*gsm8k"):
         load_config(None, ["task.name=gsm9k"])
+
+
+def test_negative_samples_every_is_an_error():
+    with pytest.raises(ConfigError, match=r"log.samples_every: must be >= 0"):
+        load_config(None, ["log.samples_every=-1"])

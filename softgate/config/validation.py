@@ -126,6 +126,7 @@ def _check_runtime(cfg: Config, rules: _Rules) -> None:
     rules.positive("eval.temperature", cfg.eval.temperature)
     rules.positive("eval.batch_size", cfg.eval.batch_size)
     rules.non_negative("model.threads", cfg.model.threads)
+    rules.non_negative("log.samples_every", cfg.log.samples_every)
     try:
         check_device_name(cfg.model.device)
     except ValueError as err:
