@@ -42,7 +42,10 @@ def add_lora(model: Any, lora: LoraConfig) -> Any:
     """``model`` wrapped with fresh adapters (B = 0: the wrapped model computes exactly what ``model`` did); only
     the adapter parameters require gradients. A target name the model lacks is a ValueError naming it."""
     peft = require_peft()
-    return peft.get_peft_model(model, peft_config(lora))
+    try:
+        return peft.get_peft_model(model, peft_config(lora))
+    except ValueError as err:  # peft: "Target modules {'nope'} not found in the base model. ..."
+        raise ValueError(f"model.lora.target_modules: {err}") from None
 
 
 def is_adapted(model: Any) -> bool:

@@ -113,6 +113,11 @@ def test_lora_run_checkpoints_the_adapter_and_resumes_bit_exactly(tmp_path):
         base = AutoModelForCausalLM.from_pretrained(str(Path(json.loads(
             (ckpt / "adapter_config.json").read_text())["base_model_name_or_path"])))
         assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-3)
+        # softgate's own loader (softgate eval --model, model.name_or_path) merges an adapter folder at load
+        from softgate.modeling import load_model_and_tokenizer
+
+        loaded, _ = load_model_and_tokenizer(str(ckpt))
+        assert torch.equal(loaded(input_ids=ids).logits, merged(input_ids=ids).logits)
     assert main(["export", str(reference), "--out", str(tmp_path / "adapter")]) == 0  # without --merge
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "optimizer.pt").exists()
@@ -145,11 +150,13 @@ def test_lora_config_errors_name_the_key(tiny_random_model, tmp_path):
         load_config(None, ["model.lora.dropout=1.5"])
     with pytest.raises(ConfigError, match="unknown key 'model.lora.rank'"):
         load_config(None, ["model.lora.rank=4"])
+    with pytest.raises(ConfigError, match="model.lora: LoRA runs sample with rollout.backend=hf only"):
+        load_config(None, ["model.lora.r=4", "rollout.backend=vllm"])
     assert load_config(None, ["model.lora=null"]).model.lora is None
     assert load_config(None, ["model.lora={r: 2, target_modules: [q_proj]}"]).model.lora.target_modules == ["q_proj"]
     from softgate.lifecycle import load_policy
 
-    with pytest.raises(ValueError, match="nope"):  # peft names the target the model lacks
+    with pytest.raises(ValueError, match="model.lora.target_modules: .*nope"):  # peft names the target
         load_policy(lora_config(tiny_random_model, tmp_path, "model.lora.target_modules=[nope]"))
 
 

@@ -147,6 +147,8 @@ def _check_lora(cfg: Config, rules: _Rules) -> None:
     lora = cfg.model.lora
     if lora is None:
         return
+    if cfg.rollout.backend == "vllm":  # the vLLM sampler pushes plain weights by name; adapters have none there
+        rules.fail("model.lora", "LoRA runs sample with rollout.backend=hf only; set model.lora: null for vLLM")
     rules.positive("model.lora.r", lora.r)
     rules.positive("model.lora.alpha", lora.alpha)
     if not 0 <= lora.dropout < 1:
