@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.softgate-installed
 VERL_VENV  := .venv-verl
 VERL_PY    := $(VERL_VENV)/bin/python
 VERL_STAMP := $(VERL_VENV)/.softgate-installed
-# Optional parts the tests exercise: data loaders (datasets/pyarrow), the GGUF path, the TRL plug-in.
-EXTRAS ?= dev,data,gguf,trl
+# Optional parts the tests exercise: data loaders (datasets/pyarrow), the GGUF path, the TRL plug-in and
+# `softgate sft`, LoRA (peft).
+EXTRAS ?= dev,data,gguf,trl,lora
 
 .PHONY: demo test test-fast venv bench clean
 

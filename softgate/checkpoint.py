@@ -1,6 +1,10 @@
 """Atomic checkpoints: model + tokenizer (safetensors), optimizer, scheduler, RNG states, trainer state and, with
 ``algo.staleness``, the ring of lagged policy states (``policy_ring.pt``).
 
+Each checkpoint is a Hugging Face folder: ``from_pretrained`` loads it (full fine-tuning: ``model.safetensors``;
+LoRA: the adapter alone, ``adapter_model.safetensors``, which peft's ``AutoPeftModelForCausalLM`` loads on its
+base, or ``softgate export RUN --merge`` turns into a plain model).
+
 A checkpoint is written into ``checkpoints/.tmp-step_XXXXXX`` and renamed to ``checkpoints/step_XXXXXX`` only when
 complete, so a run killed mid-write leaves no half checkpoint that resume could pick up.
 """
@@ -19,9 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from softgate.lora import is_adapted, is_adapter_dir, load_adapter_weights
 from softgate.rundir import RunDir
 
-POLICY_RING_FILE = "policy_ring.pt"
+POLICY_RING_FILE = "policy_ring.pt"  # algo.staleness: the lagged policy states
+# The training state beside the Hugging Face files of a checkpoint (what `softgate export` leaves out).
+OPTIMIZER, SCHEDULER, RNG, STATE = "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"
+TRAINING_STATE = (OPTIMIZER, SCHEDULER, RNG, STATE, POLICY_RING_FILE)
+
 
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
@@ -51,15 +60,15 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     with no_progress_bars():  # transformers draws a "Writing model shards" bar per save: noise under the run's bar
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    torch.save(scheduler.state_dict(), tmp / SCHEDULER)
     # RNG states hold numpy arrays and tuples: store them as plain tensors/lists so weights_only loading works.
     rng = rng_state()
     torch.save({**rng, "python": _py_state_to_list(rng["python"]), "numpy": _np_state_to_list(rng["numpy"])},
-               tmp / "rng.pt")
+               tmp / RNG)
     if policy_ring is not None:
         torch.save(policy_ring, tmp / POLICY_RING_FILE)
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
         shutil.rmtree(final)
@@ -85,8 +94,30 @@ def no_progress_bars() -> Iterator[None]:
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model weights, optimizer, scheduler and RNG states; return the saved trainer state (with the lagged
-    policy states under ``"policy_ring"`` when the checkpoint holds them)."""
+    """Restore model weights (or the LoRA adapter of an adapted model), optimizer, scheduler and RNG states;
+    return the saved trainer state (with the lagged policy states under ``"policy_ring"`` when the checkpoint
+    holds them)."""
+    if is_adapted(model) != is_adapter_dir(path):
+        held, wanted = ("a LoRA adapter", "full weights") if is_adapter_dir(path) else ("full weights", "an adapter")
+        raise ValueError(f"checkpoint {path} holds {held} but the config trains {wanted}: model.lora must be what "
+                         "the run was started with")
+    if is_adapted(model):
+        load_adapter_weights(model, path)
+    else:
+        _load_full_weights(model, path)
+    # map_location: optimizer state follows the parameters' device (load_state_dict casts to it); RNG states are
+    # CPU tensors whatever device saved them.
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True, map_location="cpu"))
+    rng = torch.load(path / RNG, weights_only=True, map_location="cpu")
+    set_rng_state({**rng, "python": _py_state_from_list(rng["python"]), "numpy": _np_state_from_list(rng["numpy"])})
+    state = json.loads((path / STATE).read_text())
+    if (path / POLICY_RING_FILE).is_file():
+        state["policy_ring"] = torch.load(path / POLICY_RING_FILE, weights_only=True, map_location="cpu")
+    return state
+
+
+def _load_full_weights(model, path: Path) -> None:
     from safetensors.torch import load_file
 
     weights = path / "model.safetensors"
@@ -98,16 +129,62 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict[str, Any
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
-    # map_location: optimizer state follows the parameters' device (load_state_dict casts to it); RNG states are
-    # CPU tensors whatever device saved them.
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
-    rng = torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
-    set_rng_state({**rng, "python": _py_state_from_list(rng["python"]), "numpy": _np_state_from_list(rng["numpy"])})
-    state = json.loads((path / "state.json").read_text())
-    if (path / POLICY_RING_FILE).is_file():
-        state["policy_ring"] = torch.load(path / POLICY_RING_FILE, weights_only=True, map_location="cpu")
-    return state
+
+
+def export_checkpoint(source: Path, out: Path, *, merge: bool = False, step: int | None = None) -> Path:
+    """Write the Hugging Face files of a checkpoint to ``out``, without the training state; returns the checkpoint
+    exported. ``source`` is a run directory (its newest checkpoint, or checkpoint ``step``) or a checkpoint folder.
+
+    A LoRA checkpoint is written as its adapter folder (peft's ``AutoPeftModelForCausalLM`` loads it on its base),
+    or with ``merge`` as a plain model: the base model its ``adapter_config.json`` names with the adapter folded in,
+    which ``AutoModelForCausalLM.from_pretrained`` loads. A full checkpoint is already plain.
+    """
+    source, out = Path(source), Path(out)
+    ckpt = _find_checkpoint(source, step)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
+    if merge and is_adapter_dir(ckpt):
+        model, tokenizer = _merged_model(ckpt)
+        out.mkdir(parents=True, exist_ok=True)
+        with no_progress_bars():
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+    else:
+        shutil.copytree(ckpt, out, dirs_exist_ok=True,
+                        ignore=lambda _dir, names: [n for n in names if n in TRAINING_STATE])
+    return ckpt
+
+
+def _find_checkpoint(source: Path, step: int | None) -> Path:
+    """The checkpoint folder ``source`` names: itself, or a run directory's newest checkpoint (or ``step``)."""
+    if (source / STATE).is_file():
+        if step is not None:
+            raise ValueError(f"{source} is a checkpoint folder; --step applies to a run directory")
+        return source
+    run = RunDir(source)
+    found = run.list_checkpoints()
+    if not found:
+        raise FileNotFoundError(f"{source} holds no checkpoint (neither a run directory with checkpoints/ nor a "
+                                "checkpoint folder)")
+    if step is None:
+        return found[-1]
+    for ckpt in found:
+        if run.checkpoint_step(ckpt) == step:
+            return ckpt
+    raise FileNotFoundError(f"{source} has no checkpoint of step {step}; it has steps "
+                            f"{', '.join(str(run.checkpoint_step(c)) for c in found)}")
+
+
+def _merged_model(ckpt: Path):
+    """(plain model, tokenizer): the base model of adapter checkpoint ``ckpt`` with the adapter folded in, and
+    the generation config the policy sampled with (``softgate.lifecycle.load_policy``)."""
+    from softgate.generation import use_clean_generation_config
+    from softgate.modeling import load_model_and_tokenizer
+
+    with no_progress_bars():
+        model, tokenizer = load_model_and_tokenizer(str(ckpt))
+    use_clean_generation_config(model, warn=False)
+    return model, tokenizer
 
 
 def _tied_keys(model) -> set[str]:

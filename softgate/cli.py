@@ -17,7 +17,7 @@ import sys
 from softgate import __version__
 
 # Order here is the order in `softgate --help`.
-COMMANDS = ["gates", "train", "demo", "pretrain", "eval", "sweep", "report", "inspect"]
+COMMANDS = ["gates", "train", "sft", "demo", "pretrain", "eval", "export", "sweep", "report", "inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

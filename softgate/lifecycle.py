@@ -26,6 +26,7 @@ from softgate.data import TrainingData, load_training_data
 from softgate.device import check_compute_dtype, resolve_device
 from softgate.generation import use_clean_generation_config
 from softgate.grading import Grader
+from softgate.lora import add_lora, is_adapted, trainable_parameters
 from softgate.modeling import disable_dropout, load_model_and_tokenizer
 from softgate.rollout import make_sampler
 from softgate.rundir import RunDir, RunInfo, is_on_policy, resume_command
@@ -59,9 +60,9 @@ def write_run_json(run_dir: Path, cfg: Config, status: str, last_step: int, **ex
 
 
 def load_policy(cfg: Config):
-    """The policy to train, on its device, in train mode: float32 master weights unless opted out, no dropout,
-    a generation config that holds only the policy (samples from exactly pi_old), gradient checkpointing if asked.
-    Returns (model, tokenizer, device)."""
+    """The policy to train, on its device, in train mode: float32 master weights unless opted out, LoRA adapters
+    when ``model.lora`` is set (only they require gradients), no dropout, a generation config that holds only the
+    policy (samples from exactly pi_old), gradient checkpointing if asked. Returns (model, tokenizer, device)."""
     device = resolve_device(cfg.model.device)
     check_compute_dtype(device, cfg.model.compute_dtype)
     param_dtype = "float32" if cfg.optim.master_weights else cfg.model.compute_dtype
@@ -70,9 +71,11 @@ def load_policy(cfg: Config):
                       "round away (at lr 1e-6 most parameters do not move). Prefer master weights.", stacklevel=3)
     with no_progress_bars():  # transformers' "Loading weights" bar: noise before the run's own bar
         model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=param_dtype, device=str(device))
-    if cfg.model.disable_dropout:
+    use_clean_generation_config(model)  # on the base model: a peft wrapper would keep the attribute to itself
+    if cfg.model.lora is not None:
+        model = add_lora(model, cfg.model.lora)
+    if cfg.model.disable_dropout:  # after wrapping: the adapters' dropout too
         disable_dropout(model)
-    use_clean_generation_config(model)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -107,7 +110,7 @@ class Setup:
     model: Any
     tokenizer: Any
     device: torch.device
-    ref_model: Any  # frozen copy of the start policy for the KL term, or None
+    ref_model: Any  # frozen copy of the start policy for the KL term, or None (no KL term, or LoRA)
     behaviour: BehaviourPolicy | None  # the lagged policy that samples (algo.staleness > 0), or None
     data: TrainingData
     optimizer: torch.optim.Optimizer
@@ -120,12 +123,15 @@ def setup(cfg: Config) -> Setup:
     """Load the policy and data (prompts checked against the model's context) and build the optimizer, schedule,
     sampler and grader. Writes nothing."""
     model, tokenizer, device = load_policy(cfg)
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+    # The KL reference: a frozen copy of the start policy; with LoRA none is needed, the reference is the policy
+    # with its adapters switched off (softgate.lora.without_adapter).
+    copy_ref = cfg.loss.kl_coef > 0 and not is_adapted(model)
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if copy_ref else None
     data = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=cfg.eval.size,
                               max_new_tokens=cfg.rollout.max_new_tokens,
                               eval_max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                               context=getattr(model.config, "max_position_embeddings", None))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     updates = cfg.steps * cfg.algo.num_iterations * cfg.algo.minibatches  # update slots of the whole run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps,

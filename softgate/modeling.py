@@ -11,6 +11,8 @@ Accepted ``name_or_path`` forms:
   ``$SOFTGATE_CACHE`` (default ``~/.cache/softgate``), keyed by the file's SHA-256, so the next load is a plain
   ``from_pretrained`` of that directory.
 - an existing local directory with ``config.json``: ``from_pretrained`` on it.
+- a LoRA adapter directory (``adapter_config.json``, e.g. a checkpoint of a ``model.lora`` run): the base model it
+  names with the adapter merged in (needs peft).
 - anything else without a scheme: a hub name, passed to ``from_pretrained`` as is (this may download; softgate's
   own commands and tests never use it).
 
@@ -21,6 +23,7 @@ Padding: the pad token is set to EOS when the tokenizer has none. Batched genera
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from softgate.lora import is_adapter_dir
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets"
 EMBEDDED_MODELS = ("tiny", "tiny-cold")  # softgate/assets/<name>, each rebuilt by `softgate pretrain` (its README)
@@ -69,7 +74,8 @@ def smollm2_gguf_path() -> Path:
 
 
 def resolve(name_or_path: str) -> tuple[str, Path | str]:
-    """Classify ``name_or_path`` -> (kind, location), kind in {"dir", "gguf", "hub"}; raises on bad input."""
+    """Classify ``name_or_path`` -> (kind, location), kind in {"dir", "adapter", "gguf", "hub"}; raises on bad
+    input."""
     if name_or_path.startswith("embedded:"):
         return "dir", embedded_path(name_or_path.removeprefix("embedded:"))
     if name_or_path.startswith("smollm2:"):
@@ -87,9 +93,11 @@ def resolve(name_or_path: str) -> tuple[str, Path | str]:
                          "gguf:, smollm2:, a local directory or a hub name")
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {path} has no config.json")
-        return "dir", path
+        if (path / "config.json").is_file():
+            return "dir", path
+        if is_adapter_dir(path):
+            return "adapter", path
+        raise FileNotFoundError(f"model directory {path} has no config.json")
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise FileNotFoundError(f"model path not found: {path}")
     return "hub", name_or_path
@@ -200,7 +208,10 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     if kind == "gguf":
         location, kind = dequantized_gguf_dir(Path(location)), "dir"
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=_DTYPES[dtype])
+        if kind == "adapter":
+            model = _merged_adapter(Path(location), dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(location), dtype=_DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(str(location))
     except OSError as err:
         if kind != "hub" or type(err) is not OSError:  # FileNotFoundError etc. are already clear
@@ -213,6 +224,19 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _merged_adapter(path: Path, dtype: str) -> Any:
+    """A LoRA adapter folder (a checkpoint of a ``model.lora`` run) as a plain model: the base model its
+    ``adapter_config.json`` names, with the adapter folded in (``softgate.lora.merge``)."""
+    from softgate.lora import ADAPTER_CONFIG, merge, require_peft
+
+    peft = require_peft()
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"adapter {path}: {ADAPTER_CONFIG} names no base model")
+    model, _ = load_model_and_tokenizer(base, dtype=dtype)
+    return merge(peft.PeftModel.from_pretrained(model, str(path)))
 
 
 def _hub_error(name: str, err: OSError) -> FileNotFoundError:

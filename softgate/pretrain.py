@@ -161,6 +161,15 @@ def build_model(tokenizer: Any, cfg: PretrainConfig) -> Any:
     return model
 
 
+def encode_example(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` + ``completion`` + EOS as RL sees them (prompt and completion tokenized apart, no
+    special tokens added: the rollout continues the prompt's tokens), and the completion mask (1 on the
+    completion and EOS, the tokens a supervised loss trains)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+
+
 def encode_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding).
 
@@ -171,10 +180,9 @@ def encode_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
 
     rows, labels = [], []
     for prompt, completion in zip(prompts, completions, strict=True):
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(p_ids + c_ids)
-        labels.append([-100] * len(p_ids) + c_ids)
+        ids, mask = encode_example(tokenizer, prompt, completion)
+        rows.append(ids)
+        labels.append([i if m else -100 for i, m in zip(ids, mask)])
     T = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([r + [pad] * (T - len(r)) for r in rows])

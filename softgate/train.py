@@ -44,6 +44,7 @@ from softgate.grading import Grader, GraderStats
 from softgate.inspect import LastUpdate, sample_records
 from softgate.lifecycle import build_summary, interrupt_message, prepare_run_dir, restore, setup, write_run_json
 from softgate.lifecycle import load_policy as load_policy  # public as softgate.train.load_policy
+from softgate.lora import without_adapter
 from softgate.losses import LossOptions, policy_loss_terms
 from softgate.rollout import Rollout
 from softgate.rundir import JsonlWriter, RunDir, RunInterrupted
@@ -133,6 +134,16 @@ def rollout_logprobs(model, rollout: Rollout, *, micro: int, temperature: float,
                                       group_ids=rollout.group_ids[rows] if shared_prompt else None)
         out.append(logp)
     return torch.cat(out)
+
+
+def reference_logprobs(model, ref_model, rollout: Rollout, **kwargs) -> torch.Tensor:
+    """Log-probs of ``rollout`` under the KL reference: ``ref_model``, the frozen copy of the start policy, or
+    when it is None (LoRA) the policy with its adapters switched off, i.e. the base model without a second copy.
+    ``kwargs`` as for :func:`rollout_logprobs`. Shape: [N, T]."""
+    if ref_model is not None:
+        return rollout_logprobs(ref_model, rollout, **kwargs)
+    with without_adapter(model):
+        return rollout_logprobs(model, rollout, **kwargs)
 
 
 @dataclass
@@ -400,8 +411,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 model.eval()
                 with precision():
                     old_logp = rollout_logprobs(behaviour_model, rollout, **logprob_args)
-                    ref_logp = (rollout_logprobs(s.ref_model, rollout, **logprob_args) if s.ref_model is not None
-                                else None)
+                    ref_logp = (reference_logprobs(model, s.ref_model, rollout, **logprob_args)
+                                if cfg.loss.kl_coef > 0 else None)
                 model.train()
                 t_logp = time.perf_counter()
 

@@ -16,16 +16,18 @@ from softgate.config.schema import (
     GateConfig,
     GraderConfig,
     LogConfig,
+    LoraConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
     RolloutConfig,
+    SftConfig,
     TaskConfig,
 )
 from softgate.config.validation import validate
 
 __all__ = [
     "RENAMED_KEYS", "AlgoConfig", "Config", "ConfigError", "EvalConfig", "GateConfig", "GraderConfig", "LogConfig",
-    "LossConfig", "ModelConfig", "OptimConfig", "RolloutConfig", "TaskConfig", "config_from_dict", "field_docs",
-    "load_config", "reference_markdown", "save_config", "to_dict", "validate",
+    "LoraConfig", "LossConfig", "ModelConfig", "OptimConfig", "RolloutConfig", "SftConfig", "TaskConfig",
+    "config_from_dict", "field_docs", "load_config", "reference_markdown", "save_config", "to_dict", "validate",
 ]

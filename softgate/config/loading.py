@@ -60,7 +60,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # a missing section, or an optional one that is off (``model.lora: null``)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
         node = child
@@ -121,6 +123,16 @@ def _build_gate(data: dict[str, Any], prefix: str, locate) -> GateConfig:
     return GateConfig(name=name, params=params)
 
 
+def section_type(hint: Any) -> type | None:
+    """The dataclass of a section field: its type, or X of an optional section ``X | None`` (null = off)."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    inner = [a for a in get_args(hint) if a is not type(None)]
+    if type(None) in get_args(hint) and len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+        return inner[0]
+    return None
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, locate) -> Any:
     if cls is GateConfig:
         return _build_gate(data, prefix, locate)
@@ -137,10 +149,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str, locate) -> Any:
         if f.name not in data:
             continue
         value, hint, dotted = data[f.name], hints[f.name], prefix + f.name
-        if dataclasses.is_dataclass(hint):
+        section = section_type(hint)
+        if section is not None and value is None and section is not hint:  # an optional section, switched off
+            kwargs[f.name] = None
+        elif section is not None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{locate(dotted)}{dotted!r} is a section; give it keys, e.g. {dotted}.KEY=...")
-            kwargs[f.name] = _build(hint, value, dotted + ".", locate)
+            kwargs[f.name] = _build(section, value, dotted + ".", locate)
         else:
             kwargs[f.name] = _coerce(value, hint, f"{locate(dotted)}{dotted}")
     return cls(**kwargs)

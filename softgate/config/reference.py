@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from softgate.config import schema
+from softgate.config.loading import section_type
 from softgate.config.schema import Config, GateConfig
 
 
@@ -34,18 +36,22 @@ def reference_markdown() -> str:
     """Markdown table of every config key: dotted name, default, meaning (the content of docs/config.md)."""
     docs = field_docs()
     lines = ["# Config reference", "",
-             "Every key of `softgate train` (YAML or `--set key=value`), its default (the embedded demo) and its "
+             "Every key of `softgate train` and `softgate sft` (YAML or `--set key=value`), its default (the embedded demo) and its "
              "meaning. Generated from `softgate/config/schema.py` by `softgate.config.reference_markdown()`; a test keeps "
              "this file equal to it.", ""]
 
     def section(obj, prefix: str, title: str) -> None:
         lines.extend([f"## {title}", "", "| key | default | meaning |", "|---|---|---|"])
         nested = []
+        hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 nested.append((value, f"{prefix}{f.name}."))
                 continue
+            optional = section_type(hints[f.name])
+            if optional is not None:  # an optional section (null = off): its row, then its keys' defaults when on
+                nested.append((optional(), f"{prefix}{f.name}."))
             meaning = docs.get(type(obj).__name__, {}).get(f.name, "").replace("|", "\\|")
             if isinstance(obj, GateConfig) and f.name == "params":
                 lines.extend(_gate_param_rows(prefix))

@@ -22,6 +22,23 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters through peft (``pip install 'softgate[lora]'``): the base weights stay frozen and each
+    target layer W gets a trainable update (alpha / r) B A, B initialised to 0 so training starts at the base model."""
+
+    r: int = 16
+    """Rank of the update B A (B: out x r, A: r x in)."""
+    alpha: float = 32.0
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input. `softgate train` sets it to 0 when model.disable_dropout is on (the policy
+    that sampled must be the one updated); `softgate sft` uses it as given."""
+    target_modules: str | list[str] = "all-linear"
+    """Layers that get an adapter: a list of module names (e.g. [q_proj, v_proj]) or peft's "all-linear" (every
+    linear layer except the output head)."""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "embedded:tiny"
     """``embedded:tiny`` (shipped with softgate), a local directory, a hub name, ``smollm2:135m-instruct`` or a
@@ -48,6 +65,10 @@ class ModelConfig:
     applied to the last hidden state one tile at a time and recomputed in backward: no [N, T, V] tensor, ~1/13 of
     the memory at V = 151,936) or auto (hidden from a vocabulary of 32,768 on, when the LM head is a plain linear
     layer). Same values and gradients either way."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight (a mapping of the model.lora.* keys, e.g.
+    ``lora: {r: 16, alpha: 32}``); null = full fine-tuning. Checkpoints then hold the adapter only, the KL reference
+    is the base model with the adapter switched off, and `softgate export RUN --merge` writes a plain model."""
 
 
 @dataclass
@@ -224,6 +245,31 @@ class GraderConfig:
 
 
 @dataclass
+class SftConfig:
+    """`softgate sft`: a supervised cold start on the task's format before RL (TRL's SFTTrainer). Its data are
+    task.train_size training problems of the task (the synthetic task: they carry target completions), rendered
+    with the task's prompt; the loss is on the target completion + EOS only."""
+
+    steps: int = 50
+    """Optimizer steps."""
+    lr: float = 5e-5
+    """Peak AdamW learning rate (warmup, then sft.schedule). LoRA usually wants about 10x more than full fine-tuning."""
+    schedule: Schedule = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_steps: int = 5
+    """Linear warmup, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    batch_size: int = 8
+    """Examples per optimizer step."""
+    max_length: int = 512
+    """Longest prompt + target in tokens; a longer example is an error naming it (truncating a target would teach
+    the model to stop without EOS)."""
+    log_every: int = 10
+    """Print the training loss every N steps (into sft.json's log too)."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed of everything: model sampling, data order, evaluation sampling."""
@@ -245,3 +291,4 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     grader: GraderConfig = field(default_factory=GraderConfig)
+    sft: SftConfig = field(default_factory=SftConfig)

@@ -36,6 +36,8 @@ def validate(cfg: Config, locate: Callable[[str], str] = lambda key: "") -> None
     _check_optimization(cfg, rules)
     _check_task(cfg, rules)
     _check_runtime(cfg, rules)
+    _check_lora(cfg, rules)
+    _check_sft(cfg, rules)
 
 
 def _check_gate(cfg: Config, rules: _Rules) -> None:
@@ -141,3 +143,27 @@ def _check_runtime(cfg: Config, rules: _Rules) -> None:
 def _looks_like_path(value: str) -> bool:
     """Local files end in a data suffix; anything else may be a hub dataset name."""
     return value.endswith((".jsonl", ".json", ".parquet")) or value.startswith((".", "/"))
+
+
+def _check_lora(cfg: Config, rules: _Rules) -> None:
+    lora = cfg.model.lora
+    if lora is None:
+        return
+    if cfg.rollout.backend == "vllm":  # the vLLM sampler pushes plain weights by name; adapters have none there
+        rules.fail("model.lora", "LoRA runs sample with rollout.backend=hf only; set model.lora: null for vLLM")
+    rules.positive("model.lora.r", lora.r)
+    rules.positive("model.lora.alpha", lora.alpha)
+    if not 0 <= lora.dropout < 1:
+        rules.fail("model.lora.dropout", f"must be in [0, 1), got {lora.dropout!r}")
+    targets = lora.target_modules
+    if not (isinstance(targets, str) and targets) and not (
+            isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+        rules.fail("model.lora.target_modules", f"expected a list of module names or 'all-linear', got {targets!r}")
+
+
+def _check_sft(cfg: Config, rules: _Rules) -> None:
+    sft = cfg.sft
+    for key in ("steps", "lr", "batch_size", "max_length", "log_every"):
+        rules.positive(f"sft.{key}", getattr(sft, key))
+    rules.non_negative("sft.warmup_steps", sft.warmup_steps)
+    rules.non_negative("sft.weight_decay", sft.weight_decay)
