@@ -136,7 +136,8 @@ def check_forward_passes(cfg, device: torch.device) -> dict:
     model, tokenizer = load_model_and_tokenizer(SMOLLM2_NAME, device=str(device))
     disable_dropout(model)
     sizes = _sizes(device)
-    prompts = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=0).prompts[:sizes["check_prompts"]]
+    prompts = load_training_data(cfg.task, tokenizer, seed=cfg.seed, eval_size=0,
+                                 max_new_tokens=cfg.rollout.max_new_tokens).prompts[:sizes["check_prompts"]]
     torch.manual_seed(0)
     with torch.no_grad():
         rollout = HFSampler(model, tokenizer).sample(prompts, sizes["check_G"], temperature=1.0,

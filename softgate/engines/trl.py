@@ -101,7 +101,8 @@ class EngineTrainer(SoftGateGRPOTrainer):
                                                                                counts.tolist())})
         batch = SimpleNamespace(completion_lengths=rows[:, 3], truncated=rows[:, 4].bool())
         self.rollout_figures = {**rollout_metrics({"total": rows[:, 0], "answer": rows[:, 1], "format": rows[:, 2]},
-                                                  batch), **grader_metrics(stats)}
+                                                  batch), **grader_metrics(stats),
+                                "rollout/policy_lag": 0}  # TRL samples from the current policy (staleness refused)
         self.rollout_tokens = int(rows[:, 3].sum())
         return output
 

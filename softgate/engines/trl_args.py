@@ -59,6 +59,9 @@ KEY_MAP: dict[str, str] = {
     "log.progress": "softgate (the run's progress bar on rank 0; TRL's own bar and log printing are removed)",
     "log.tensorboard, log.wandb_project": "softgate (the same sinks as the native engine)",
     "log.save_every": "save_steps = save_every x updates per RL step",
+    "log.samples_every": "refused when > 0",
+    "model.lora": "refused when set (not wired into the TRL engine yet)",
+    "sft.*": "not used by RL (the settings of `softgate sft`)",
     "log.keep_checkpoints": "softgate (prunes checkpoints/step_*)",
     "grader.*": "softgate (the reward's grader)",
 }
@@ -117,6 +120,11 @@ def refusals(cfg: Config) -> list[str]:
         out.append("algo.drop_zero_variance=true: TRL trains on every group (set it to false)")
     if cfg.algo.staleness:
         out.append(f"algo.staleness={cfg.algo.staleness}: TRL samples from the current policy (set it to 0)")
+    if cfg.model.lora is not None:
+        out.append("model.lora: LoRA runs on the native engine (the TRL engine does not wire it yet; unset it)")
+    if cfg.log.samples_every:
+        out.append(f"log.samples_every={cfg.log.samples_every}: per-token samples are written by the native engine "
+                   "only (set it to 0)")
     if cfg.algo.eur_target is not None:
         out.append("algo.eur_target: the EUR temperature controller is the native engine's (unset it)")
     if cfg.loss.entropy_coef != 0:
