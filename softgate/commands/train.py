@@ -115,7 +115,10 @@ def print_summary(summary: dict) -> None:
         return "n/a" if x is None or x != x else f"{100 * x:5.1f}%"
 
     print()
-    print(f"run: {summary['run_dir']}   gate: {summary['gate']}   seed: {summary['seed']}   steps: {summary['steps']}")
+    gate = summary["gate"]  # {"name", "params"}, as run.json stores it
+    params = ", ".join(f"{k}={v:g}" for k, v in gate["params"].items())
+    print(f"run: {summary['run_dir']}   gate: {gate['name']}({params})   seed: {summary['seed']}   "
+          f"steps: {summary['steps']}")
     print(f"  held-out accuracy  start {pct(s['accuracy'])}  ->  end {pct(e['accuracy'])}"
           f"   (95% CI end: {pct(e['accuracy_ci_low'])} .. {pct(e['accuracy_ci_high'])})")
     print(f"  held-out format    start {pct(s['format_rate'])}  ->  end {pct(e['format_rate'])}")
