@@ -370,10 +370,13 @@ class RunDir:
                 return f"{self.path} holds a run that failed{where}: after fixing the cause, {resume}, {over}"
         return f"{self.path} holds a run marked running{where} (still running elsewhere, or killed): {resume}, {over}"
 
-    def move_aside(self, prefix: str = ".old") -> Path | None:
-        """Move everything in the directory except hidden entries into ``<prefix>-<UTC time>/`` inside it (never
-        deleted; the leading dot keeps run discovery from counting it). Returns that directory, or None if empty."""
-        present = [p for p in self.path.iterdir() if not p.name.startswith(".")] if self.path.is_dir() else []
+    def move_aside(self, prefix: str = ".old", paths: list[Path] | None = None) -> Path | None:
+        """Move ``paths`` (default: everything in the directory except hidden entries) into ``<prefix>-<UTC time>/``
+        inside it (never deleted; the leading dot keeps run discovery from counting it). Returns that directory, or
+        None when there is nothing to move."""
+        if paths is None:
+            paths = [p for p in self.path.iterdir() if not p.name.startswith(".")] if self.path.is_dir() else []
+        present = paths
         if not present:
             return None
         target = self.path / f"{prefix}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"

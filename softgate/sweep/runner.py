@@ -79,14 +79,8 @@ def set_aside(run_dir: Path) -> Path | None:
     The trainer refuses to start over them (it would mix two runs in one metrics.jsonl), so they are moved, never
     deleted. The leading dot keeps ``softgate report`` from counting the old attempt as a run.
     """
-    present = RunDir(run_dir).attempt_files()
-    if not present:
-        return None
-    target = run_dir / f".stale-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
-    target.mkdir()
-    for path in present:
-        os.replace(path, target / path.name)
-    return target
+    run = RunDir(run_dir)
+    return run.move_aside(".stale", run.attempt_files())
 
 
 def check_cells(sweep: Sweep, cells: Sequence[Cell]) -> list[str]:
