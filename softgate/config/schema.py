@@ -74,7 +74,8 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "synthetic"
-    """Task name: synthetic, gsm8k, math500, aime, deepmath (see ``softgate.tasks``)."""
+    """Task name: synthetic, gsm8k, math500, aime, deepmath, or fields (any question/answer file; see
+    ``softgate.tasks``)."""
     train_file: str | None = None
     """Local JSONL/JSON/Parquet training file (or a hub dataset name) for file-based tasks."""
     test_file: str | None = None
