@@ -1,7 +1,8 @@
 """softgate's trainer vs TRL's GRPOTrainer (loss_type="sapo"), side by side in one run: seconds per RL step and
 peak RSS, printed as ratios.
 
-    .venv/bin/python benchmarks/bench_vs_trl.py [--steps 4] [--rounds 2] [--model embedded:tiny]
+    .venv/bin/python benchmarks/bench_vs_trl.py [--steps 4] [--rounds 2] [--model embedded:tiny] [--threads 1]
+    .venv/bin/python benchmarks/bench_vs_trl.py --model smollm2:135m-instruct --prompts 4 --G 4 --steps 3
 
 Same model, same prompts (the synthetic task's training problems, plain-text prompts), same G, the same maximum
 completion length, sampling at temperature 1 (no top-k / top-p), num_iterations = 2, and the same batch geometry:
@@ -14,13 +15,15 @@ one RL step = P prompts x G completions, split into 2 optimizer steps per pass o
 Both use the same rewards (softgate's format + answer rewards), the sigmoid gate at tau (10, 12), AdamW at the
 same learning rate, no KL term, no evaluation and no checkpoints. Each trainer runs in its own fresh process
 (peak RSS is that process's ru_maxrss), the two alternate for --rounds rounds, and the first RL step of each run
-is left out as warm-up. Threads: both use torch's default for this machine.
+is left out as warm-up. Threads: both children get the same fixed --threads (torch.set_num_threads and the
+OMP/MKL variables are set before torch is imported), so neither trainer gets more of the machine than the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from softgate.threads import THREAD_ENV_VARS
 
 
 def run_softgate(args) -> dict:
@@ -93,6 +98,9 @@ def run_trl(args) -> dict:
 
 
 def child(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
     result = run_softgate(args) if args.child == "softgate" else run_trl(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
@@ -109,6 +117,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--difficulty", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each trainer (the same for both)")
     parser.add_argument("--child", choices=["softgate", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -120,7 +129,9 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--steps", str(args.steps),
                    "--prompts", str(args.prompts), "--G", str(args.G), "--max-new-tokens", str(args.max_new_tokens),
                    "--difficulty", str(args.difficulty), "--lr", str(args.lr)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd += ["--threads", str(args.threads)]
+            env = {**os.environ, **{v: str(args.threads) for v in THREAD_ENV_VARS}}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
@@ -137,7 +148,8 @@ def main() -> int:
     sg_m, trl_m = med("softgate", "peak_rss_mb"), med("trl", "peak_rss_mb")
     print()
     print(f"{args.prompts} prompts x G={args.G}, {args.max_new_tokens} new tokens max, num_iterations=2, "
-          f"{args.steps - 1} measured RL steps per run, median of {args.rounds} rounds")
+          f"{args.steps - 1} measured RL steps per run, median of {args.rounds} rounds, model {args.model}, "
+          f"{args.threads} torch thread(s) each")
     print(f"{'':<10}{'s/RL step':>12}{'peak RSS MB':>14}")
     print(f"{'softgate':<10}{sg_t:>12.2f}{sg_m:>14.0f}")
     print(f"{'TRL sapo':<10}{trl_t:>12.2f}{trl_m:>14.0f}")

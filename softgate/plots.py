@@ -3,7 +3,7 @@
 - ``plot_gates``: f, f' and x f'(x) side by side (the paper's gate figure); ``softgate gates plot`` and the report.
 - ``plot_run``: a run's training curves and held-out evaluations, written to ``RUN_DIR/plots/`` by the trainer.
 - ``plot_curves``, ``plot_eval_curve``, ``plot_eur_entropy``, ``plot_eur_drift``, ``plot_stability_map``,
-  ``plot_gate_shapes``: the figures of ``softgate report``.
+  ``plot_ratio_by_update``, ``plot_gate_shapes``: the figures of ``softgate report``.
 - ``ratio_histogram_svg``: the token-ratio histogram of ``softgate inspect``'s page.
 
 One x axis everywhere: RL steps (one rollout batch each), the unit of the progress bar, the summary and the report;
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from softgate.report.stability import Cell
 
 __all__ = ["CURVE_METRICS", "DEFAULT_TAUS", "gate_variants", "plot_curves", "plot_eur_drift", "plot_eur_entropy",
-           "plot_eval_curve", "plot_gate_shapes", "plot_gates", "plot_run", "plot_stability_map", "ratio_histogram_svg",
-           "smooth"]
+           "plot_eval_curve", "plot_gate_shapes", "plot_gates", "plot_ratio_by_update", "plot_run", "plot_stability_map",
+           "ratio_by_update", "ratio_histogram_svg", "smooth", "updates_since_rollout"]
 
 # The per-step figures drawn for a run and compared across variants: metric key -> axis label in words.
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -396,6 +396,63 @@ def _eur_scatter(variants: Sequence[Variant], path: Path, key: str, ylabel: str,
     ax.legend(fontsize=7)
     _save(fig, path)
     return [(path.name, caption)]
+
+
+def updates_since_rollout(metrics: Sequence[dict[str, Any]]) -> np.ndarray:
+    """For each optimizer-step line of a run, how many optimizer steps separate the policy being updated from the
+    one that sampled its rollout: ``rollout/policy_lag + policy/iteration * M + policy/minibatch``, with M the run's
+    minibatches per pass (1 + the largest ``policy/minibatch`` it logged). Shape (n_lines,); NaN where a line lacks
+    the keys. 0 is the on-policy update (r = 1 exactly)."""
+    minibatches = 1 + max((int(m["policy/minibatch"]) for m in metrics if m.get("policy/minibatch") is not None),
+                          default=0)
+    index = [float(m.get("rollout/policy_lag") or 0) + m["policy/iteration"] * minibatches + m["policy/minibatch"]
+             if m.get("policy/iteration") is not None and m.get("policy/minibatch") is not None else np.nan
+             for m in metrics]
+    return np.asarray(index, dtype=np.float64)
+
+
+RATIO_QUANTILES = ("gate/ratio_p05", "gate/ratio_p50", "gate/ratio_p95")
+
+
+def ratio_by_update(variant: Variant) -> tuple[np.ndarray, np.ndarray] | None:
+    """Token-ratio quantiles against updates since the rollout, for one variant: (indices (n,), quantiles (n, 3))
+    with columns p05, p50, p95, each the mean over every logged update at that index (all RL steps, all seeds)."""
+    rows = []
+    for r in variant.runs:
+        index = updates_since_rollout(r.updates)
+        q = np.asarray([[m.get(k) if m.get(k) is not None else np.nan for k in RATIO_QUANTILES]
+                        for m in r.updates], dtype=np.float64).reshape(-1, 3)  # (n_lines, 3)
+        keep = np.isfinite(index) & np.isfinite(q).all(axis=1)
+        rows += [(i, *qs) for i, qs in zip(index[keep], q[keep])]
+    if not rows:
+        return None
+    table = np.asarray(rows)  # (n_points, 4)
+    indices = np.unique(table[:, 0])
+    means = np.stack([table[table[:, 0] == i, 1:].mean(axis=0) for i in indices])
+    return indices, means
+
+
+def plot_ratio_by_update(variants: Sequence[Variant], out: Path) -> list[tuple[str, str]]:
+    """Where the ratio goes as a rollout ages: p05, p50, p95 of the token ratio r against the number of optimizer
+    steps since the policy that sampled it (``ratio_by_update``); one colour per variant, p50 solid, p05 and p95
+    dashed. Drawn when some variant made updates at two or more indices."""
+    curves = [(v, c) for v in variants if (c := ratio_by_update(v)) is not None and c[0].size > 1]
+    if not curves:
+        return []
+    colors = _colors([v.name for v in variants])
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    for v, (indices, q) in curves:
+        ax.plot(indices, q[:, 1], marker="o", ms=4, color=colors[v.name], label=v.name, lw=1.6)
+        for column in (0, 2):
+            ax.plot(indices, q[:, column], ls="--", color=colors[v.name], lw=1.0)
+    ax.axhline(1.0, color="grey", lw=0.8, zorder=0)
+    _style(ax, "token ratio r by update since the rollout (solid: median; dashed: 5th and 95th percentiles)",
+           "optimizer steps since the sampling policy (staleness + updates on this rollout)", "importance ratio r")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, out / "ratio_by_update.png")
+    return [("ratio_by_update.png", "token-ratio quantiles (p05, p50, p95; mean over RL steps and seeds) against the "
+                                    "optimizer steps since the policy that sampled the rollout; 0 = on-policy")]
 
 
 def plot_stability_map(cells: dict[str, dict[tuple[float, int], Cell]], out: Path) -> list[tuple[str, str]]:

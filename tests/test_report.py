@@ -535,3 +535,34 @@ def test_stability_map_cells_and_collapse(tmp_path: Path):
     names = [name for name, _ in report.figures]
     assert "stability_map.png" in names and "eur_vs_drift.png" in names
     assert (out / "stability_map.svg").is_file()
+
+
+def test_ratio_quantiles_by_update_since_the_rollout(tmp_path: Path):
+    # Two seeds, 2 passes x 2 minibatches per RL step, lag 1: updates sit 1..4 optimizer steps after the sampling
+    # policy. Seed s logs p50 = 1 + 0.01 * index * (s + 1), so the mean over seeds at index i is 1 + 0.015 i.
+    root = tmp_path / "lagged"
+    for seed in (0, 1):
+        run = RunDir(root / f"seed{seed}")
+        run.write_info(RunInfo(status="finished", gate=GateSpec.of("sigmoid").to_dict(), seed=seed, steps=2,
+                               last_step=2))
+        with run.metrics_writer() as log:
+            step = 0
+            for rl_step in (1, 2):
+                for it in (0, 1):
+                    for mb in (0, 1):
+                        step += 1
+                        i = 1 + 2 * it + mb
+                        log.write({"step": step, "rl_step": rl_step, "rollout/policy_lag": 1, "policy/iteration": it,
+                                   "policy/minibatch": mb, "gate/ratio_p05": 1 - 0.02 * i,
+                                   "gate/ratio_p50": 1 + 0.01 * i * (seed + 1), "gate/ratio_p95": 1 + 0.03 * i})
+    runs = rp.load_runs([root])
+    assert plots.updates_since_rollout(runs[0].updates).tolist() == [1, 2, 3, 4, 1, 2, 3, 4]
+    (variant,) = rp.group_variants(runs)
+    indices, q = plots.ratio_by_update(variant)
+    assert indices.tolist() == [1, 2, 3, 4]
+    assert q[:, 0] == pytest.approx([1 - 0.02 * i for i in (1, 2, 3, 4)])
+    assert q[:, 1] == pytest.approx([1 + 0.015 * i for i in (1, 2, 3, 4)])
+    out = tmp_path / "report"
+    report = rp.build_report([root], out, rp.ReportOptions(n_resamples=200))
+    assert "ratio_by_update.png" in [name for name, _ in report.figures]
+    assert (out / "ratio_by_update.svg").is_file()

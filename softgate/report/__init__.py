@@ -71,6 +71,7 @@ def build_report(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     figures += plots.plot_eur_entropy(variants, out)
     figures += plots.plot_eur_drift(variants, out)
     figures += plots.plot_stability_map(stability_cells(runs), out)
+    figures += plots.plot_ratio_by_update(variants, out)
     missing = [key for key, _ in CURVE_METRICS if not any(r.series(key)[1].size for r in runs)]
     if missing:
         notes.append(f"not logged by any run: {', '.join(missing)}")

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Run:
     step_unit: str = "step"  # "RL step" when the metrics were grouped by rl_step
     cell: str | None = None  # sweep cell name when the run belongs to a sweep manifest
     label: str = ""  # path shown in tables
+    updates: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl as written: one row per update
 
     @property
     def status(self) -> str:
@@ -124,9 +125,10 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     """Read one run directory (``softgate.rundir.RunDirError`` for an unreadable file)."""
     run_dir = RunDir(path)
     info, config = run_dir.read_info(), run_dir.read_config()
-    metrics, unit = run_dir.read_metrics(), "step"
-    if metrics and all("rl_step" in r for r in metrics):
-        metrics, unit = per_rl_step(metrics), "RL step"
+    updates = run_dir.read_metrics()
+    metrics, unit = updates, "step"
+    if updates and all("rl_step" in r for r in updates):
+        metrics, unit = per_rl_step(updates), "RL step"
     gate = gate_of(info, config)
     if gate is not None:
         variant = gate.label
@@ -135,7 +137,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     else:
         variant = run_dir.path.name
     return Run(run_dir.path, info, config, metrics, run_dir.read_evals(), run_dir.read_summary(), gate,
-               _seed_of(run_dir.path, info, config), variant, step_unit=unit)
+               _seed_of(run_dir.path, info, config), variant, step_unit=unit, updates=updates)
 
 
 def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
