@@ -27,9 +27,13 @@ from softgate.lora import is_adapted, is_adapter_dir, load_adapter_weights
 from softgate.rundir import RunDir
 
 POLICY_RING_FILE = "policy_ring.pt"  # algo.staleness: the lagged policy states
-# The training state beside the Hugging Face files of a checkpoint (what `softgate export` leaves out).
+# The training state beside the Hugging Face files of a checkpoint (what `softgate export` leaves out): the native
+# engine's, then the trl engine's (transformers' Trainer: trainer state, arguments, AMP scaler, RNG states of each
+# process; DeepSpeed's sharded state). Glob patterns.
 OPTIMIZER, SCHEDULER, RNG, STATE = "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"
-TRAINING_STATE = (OPTIMIZER, SCHEDULER, RNG, STATE, POLICY_RING_FILE)
+TRAINING_STATE = (OPTIMIZER, SCHEDULER, RNG, STATE, POLICY_RING_FILE,
+                  "trainer_state.json", "training_args.bin", "scaler.pt", "rng_state*.pth",
+                  "global_step*", "latest", "zero_to_fp32.py")
 
 
 def rng_state() -> dict[str, Any]:
@@ -150,8 +154,7 @@ def export_checkpoint(source: Path, out: Path, *, merge: bool = False, step: int
             model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
     else:
-        shutil.copytree(ckpt, out, dirs_exist_ok=True,
-                        ignore=lambda _dir, names: [n for n in names if n in TRAINING_STATE])
+        shutil.copytree(ckpt, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*TRAINING_STATE))
     return ckpt
 
 

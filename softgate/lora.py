@@ -42,9 +42,19 @@ def add_lora(model: Any, lora: LoraConfig) -> Any:
     """``model`` wrapped with fresh adapters (B = 0: the wrapped model computes exactly what ``model`` did); only
     the adapter parameters require gradients. A target name the model lacks is a ValueError naming it."""
     peft = require_peft()
-    try:
+    with naming_lora_targets():
         return peft.get_peft_model(model, peft_config(lora))
-    except ValueError as err:  # peft: "Target modules {'nope'} not found in the base model. ..."
+
+
+@contextlib.contextmanager
+def naming_lora_targets() -> Iterator[None]:
+    """peft's error for a target layer the model lacks, raised inside the block (by ``add_lora``, or by a TRL
+    trainer given ``peft_config``), as a ValueError naming the config key."""
+    try:
+        yield
+    except ValueError as err:
+        if "Target modules" not in str(err):  # peft: "Target modules {'nope'} not found in the base model. ..."
+            raise
         raise ValueError(f"model.lora.target_modules: {err}") from None
 
 

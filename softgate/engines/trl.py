@@ -36,6 +36,7 @@ from softgate.integrations.common import completion_text
 from softgate.integrations.trl import SoftGateGRPOTrainer
 from softgate.lifecycle import build_summary, interrupt_message, load_policy, lr_lambda, prepare_run_dir, \
     write_run_json
+from softgate.lora import naming_lora_targets, peft_config
 from softgate.rundir import RunDir, RunInterrupted
 from softgate.stopping import GracefulStop
 from softgate.threads import apply_threads
@@ -164,14 +165,23 @@ def build_trainer(cfg: Config, *, processes: int = 1, callbacks: list | None = N
     args = grpo_config(cfg, Path(cfg.output_dir), geo, use_cpu=use_cpu)
     device = PartialState(cpu=use_cpu).device  # this process's device: each rank loads onto its own
     device = "cpu" if device.type == "cpu" else str(device)
-    model, tokenizer, _ = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=device)))
+    # LoRA: TRL wraps the base policy from softgate's adapter settings, with peft's get_peft_model as
+    # softgate.lora.add_lora does (TRL 1.16 grpo_trainer.py L433-476): the same adapters, the same trainable
+    # parameters. Given peft_config, TRL keeps no reference model (L987-990) and computes the KL reference with the
+    # adapters off (L2722-2727: use_adapter(model, None) -> model.disable_adapter()), the base model without a
+    # second copy; a model passed already wrapped would get a second, "ref" adapter when beta > 0 (L478-508).
+    # TRL's disable_dropout runs after the wrapping (L1006-1007), so the adapters' dropout is off as in load_policy.
+    policy = dataclasses.replace(cfg.model, device=device, lora=None)
+    model, tokenizer, _ = load_policy(dataclasses.replace(cfg, model=policy))
 
     data = _training_data(cfg, tokenizer, model)
     dataset = Dataset.from_dict({"prompt": data.prompts, INDEX_COLUMN: list(range(len(data.prompts)))})
     scorer = RolloutScorer(data, cfg, Grader.from_config(cfg.grader))
-    trainer = EngineTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                            callbacks=callbacks, softgate_cfg=cfg, geometry=geo, scorer=scorer,
-                            run_dir=Path(cfg.output_dir))
+    with naming_lora_targets():
+        trainer = EngineTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                callbacks=callbacks, softgate_cfg=cfg, geometry=geo, scorer=scorer,
+                                run_dir=Path(cfg.output_dir),
+                                peft_config=peft_config(cfg.model.lora) if cfg.model.lora is not None else None)
     # transformers prints every log dict (or writes it under its bar); the run's own bar is RunDirLog's.
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)

@@ -60,7 +60,7 @@ KEY_MAP: dict[str, str] = {
     "log.tensorboard, log.wandb_project": "softgate (the same sinks as the native engine)",
     "log.save_every": "save_steps = save_every x updates per RL step",
     "log.samples_every": "refused when > 0",
-    "model.lora": "refused when set (not wired into the TRL engine yet)",
+    "model.lora": "peft_config (softgate.lora.peft_config; TRL wraps the policy, KL reference = adapters off)",
     "sft.*": "not used by RL (the settings of `softgate sft`)",
     "log.keep_checkpoints": "softgate (prunes checkpoints/step_*)",
     "grader.*": "softgate (the reward's grader)",
@@ -120,8 +120,6 @@ def refusals(cfg: Config) -> list[str]:
         out.append("algo.drop_zero_variance=true: TRL trains on every group (set it to false)")
     if cfg.algo.staleness:
         out.append(f"algo.staleness={cfg.algo.staleness}: TRL samples from the current policy (set it to 0)")
-    if cfg.model.lora is not None:
-        out.append("model.lora: LoRA runs on the native engine (the TRL engine does not wire it yet; unset it)")
     if cfg.log.samples_every:
         out.append(f"log.samples_every={cfg.log.samples_every}: per-token samples are written by the native engine "
                    "only (set it to 0)")
