@@ -1,5 +1,7 @@
-"""LoRA through peft, in one place: wrapping a model, the base model without its adapter (the KL reference, no
-second copy), an adapter checkpoint's files, loading them back bit-exactly, and merging for export.
+"""LoRA through peft, in one place: the adapter settings (``peft_config``; the native engine wraps with them in
+``add_lora``, TRL's trainers in the trl engine and ``softgate sft`` are given them and wrap alike), the base model
+without its adapter (the KL reference, no second copy), an adapter checkpoint's files, loading them back
+bit-exactly, and merging for export.
 
 peft is an optional dependency (``pip install 'softgate[lora]'``), imported only when LoRA is used. An adapted
 model is a ``peft.PeftModel``: ``save_pretrained`` writes the adapter only (``adapter_config.json`` +

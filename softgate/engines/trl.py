@@ -8,7 +8,8 @@ What is softgate's and what is TRL's:
   the learning-rate schedule (``lifecycle.lr_lambda``) and AdamW's weight-decay set (every parameter), the held-out
   evaluation (``softgate.train.run_eval``), the run directory (``softgate.rundir``), summary and plots.
 - TRL/accelerate: sampling, advantages, the micro-batch loop, gradient accumulation, data parallelism
-  (DDP / DeepSpeed), optimizer steps and checkpoint contents (renamed to ``checkpoints/step_XXXXXX``).
+  (DDP / DeepSpeed), optimizer steps and checkpoint contents (renamed to ``checkpoints/step_XXXXXX``), and with
+  ``model.lora`` the peft wrapping of the policy from softgate's adapter settings (``softgate.lora.peft_config``).
 
 The batch geometry and the key mapping are in :mod:`softgate.engines.trl_args`; the metrics in
 :mod:`softgate.engines.trl_log`. Several processes: ``softgate train --engine trl --processes N``
