@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import softgate
-from softgate.checkpoint import load_checkpoint, no_progress_bars
+from softgate.checkpoint import POLICY_RING_FILE, load_checkpoint, no_progress_bars
 from softgate.config import Config
 from softgate.data import TrainingData, load_training_data
 from softgate.device import check_compute_dtype, resolve_device
@@ -155,7 +155,7 @@ def restore(run: RunDir, s: Setup) -> tuple[int, float, int]:
         return 0, 1.0, 0
     state = load_checkpoint(ckpt, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler)
     if s.behaviour is not None:
-        s.behaviour.load(state.get("policy_ring", []))
+        s.behaviour.load(state.get("policy_ring", []), where=str(ckpt / POLICY_RING_FILE))
     moved = run.truncate_logs_after(state["step"])
     if moved:
         print(f"resume: {moved} metric lines past step {state['step']} moved to metrics.orphaned.jsonl")

@@ -82,7 +82,13 @@ def without_adapter(model: Any) -> Iterator[Any]:
 
 def trainable_parameters(model: Any) -> list:
     """The parameters the optimizer updates: all of a plain model, the adapters of an adapted one."""
-    return [p for p in model.parameters() if p.requires_grad]
+    return list(trainable_named_parameters(model).values())
+
+
+def trainable_named_parameters(model: Any) -> dict[str, Any]:
+    """:func:`trainable_parameters` by name (a parameter tied to another, such as ``lm_head.weight`` to the
+    embedding, once under its first name): everything of the model that training changes."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def is_adapter_dir(path: Path) -> bool:

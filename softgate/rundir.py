@@ -8,7 +8,8 @@ sweep``, the run plots and resume. Layout (schema 2)::
                         last_step, task, model (+ free extras such as final_eval_accuracy)
       config.yaml       the resolved config (what --resume reloads)
       metrics.jsonl     one JSON object per optimizer step ("step", "rl_step", "policy/on_policy", ...)
-      eval.jsonl        one JSON object per held-out evaluation ("step", "rl_step", "eval/...")
+      eval.jsonl        one JSON object per held-out evaluation ("step", "rl_step", "eval/..."), one per (step,
+                        task) (``RunDir.write_eval``)
       samples.jsonl     with log.samples_every = N: one JSON object per kept completion of every N-th RL step
                         ("rl_step", "row", "advantage", "tokens", "ratio", "gate_weight"; softgate.inspect)
       summary.json      start vs end figures, written when the run finishes
@@ -26,7 +27,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -141,10 +142,16 @@ def read_jsonl(path: str | os.PathLike[str], *, require: str | None = None) -> l
 def truncate_after(path: str | os.PathLike[str], step: int, *, key: str = "step") -> int:
     """Keep records with ``record[key] <= step``; move the others to ``<name>.orphaned.jsonl`` (kept, never
     deleted: a resumed run writes those steps again). Returns how many records moved."""
+    return set_aside(path, lambda record: record.get(key, 0) > step)
+
+
+def set_aside(path: str | os.PathLike[str], drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Move the records of a JSONL log for which ``drop`` is true to ``<name>.orphaned.jsonl`` and rewrite the log
+    with the others (atomically; a torn last line goes). Returns how many records moved."""
     path = Path(path)
     records = read_jsonl(path)
-    keep = [r for r in records if r.get(key, 0) <= step]
-    moved = [r for r in records if r.get(key, 0) > step]
+    keep = [r for r in records if not drop(r)]
+    moved = [r for r in records if drop(r)]
     if moved:
         with orphaned_path(path).open("a", encoding="utf-8") as orphaned:
             orphaned.writelines(json.dumps(r) + "\n" for r in moved)
@@ -410,15 +417,26 @@ class RunDir:
     def metrics_writer(self) -> JsonlWriter:
         return JsonlWriter(self.metrics_jsonl)
 
-    def eval_writer(self) -> JsonlWriter:
-        return JsonlWriter(self.eval_jsonl)
-
     def read_metrics(self) -> list[dict[str, Any]]:
         """One record per optimizer step, in step order."""
         return sorted(read_jsonl(self.metrics_jsonl, require="step"), key=lambda r: r["step"])
 
     def read_evals(self) -> list[dict[str, Any]]:
         return read_jsonl(self.eval_jsonl, require="step")
+
+    def find_eval(self, step: int, task: str) -> dict[str, Any] | None:
+        """The evaluation line of ``step`` (the optimizer-step index) and ``task``, or None. A line without
+        ``eval/task`` (older runs, one task) counts as ``task``'s."""
+        found = [r for r in self.read_evals() if _eval_key(r, task) == (step, task)]
+        return found[-1] if found else None
+
+    def write_eval(self, record: dict[str, Any]) -> None:
+        """Append one evaluation line; eval.jsonl holds one line per (step, task), so a line of the same step and
+        task already there (made with other settings before a resume) is moved to eval.orphaned.jsonl first."""
+        key = _eval_key(record, None)
+        set_aside(self.eval_jsonl, lambda r: _eval_key(r, key[1]) == key)
+        with JsonlWriter(self.eval_jsonl) as out:
+            out.write(record)
 
     def write_samples(self, records: Iterable[dict[str, Any]]) -> None:
         """Append kept completions (``log.samples_every``) to samples.jsonl."""
@@ -457,6 +475,11 @@ class RunDir:
             return None
         data = _read_json(self.summary_json)
         return data if isinstance(data, dict) else None
+
+
+def _eval_key(record: dict[str, Any], task: str | None) -> tuple[Any, Any]:
+    """(step, task) of an evaluation line; ``task`` stands in for a line that names none."""
+    return record.get("step"), record.get("eval/task", task)
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

@@ -310,17 +310,29 @@ def step_timing(t0: float, t_gen: float, t_logp: float, t_train: float, tokens: 
             "time/step": t_train - t0, "perf/tokens_per_s": tokens / (t_train - t0)}
 
 
-def run_eval(model, tokenizer, data: TrainingData, cfg: Config, step: int, eval_log: JsonlWriter,
-             sinks: TrackingSinks, grader: Grader) -> dict[str, Any]:
-    """Held-out evaluation after RL step ``step``, written to eval.jsonl and the trackers."""
-    with autocast(next(model.parameters()).device, cfg.model.compute_dtype):
-        result = evaluate_policy(model, tokenizer, data.task, data.test, temperature=cfg.eval.temperature,
-                                 max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                                 batch_size=cfg.eval.batch_size, seed=cfg.seed + 12345, grader=grader)
+def run_eval(model, tokenizer, data: TrainingData, cfg: Config, step: int, run: RunDir, sinks: TrackingSinks,
+             grader: Grader) -> dict[str, Any]:
+    """Held-out evaluation after RL step ``step``, written to eval.jsonl and the trackers; returns its line.
+
+    eval.jsonl holds one line per (step, task). A line already there for this step is the evaluation of the same
+    weights: a run that failed after its final evaluation (in its summary or plots) and is resumed from its final
+    checkpoint comes back here. Made with the same settings, that line is returned as it is, without evaluating
+    again; made with others (``eval.*`` changed on resume), it is moved to eval.orphaned.jsonl and the evaluation
+    is made anew.
+    """
+    how = dict(temperature=cfg.eval.temperature, seed=cfg.seed + 12345,
+               max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
     first_update = step * cfg.algo.num_iterations * cfg.algo.minibatches
+    held = run.find_eval(first_update, data.task.name)
+    if held is not None and held.get("eval/n") == len(data.test) and \
+            all(held.get(f"eval/{k}") == v for k, v in how.items()):
+        return held
+    with autocast(next(model.parameters()).device, cfg.model.compute_dtype):
+        result = evaluate_policy(model, tokenizer, data.task, data.test, batch_size=cfg.eval.batch_size,
+                                 grader=grader, **how)
     record = {"rl_step": step, "step": first_update, "eval/task": data.task.name,
               **{f"eval/{k}": v for k, v in result.summary.items()}}
-    eval_log.write(record)
+    run.write_eval(record)
     sinks.log(record, first_update)
     return record
 
@@ -367,7 +379,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         logprob_args = dict(micro=cfg.algo.micro_batch_size, temperature=cfg.rollout.temperature,
                             shared_prompt=cfg.model.shared_prompt_pass, impl=cfg.model.logprob_impl)
         stream = PromptStream(len(data.train), cfg.seed, cursor)
-        log, eval_log = run.metrics_writer(), run.eval_writer()
+        log = run.metrics_writer()
         sinks = TrackingSinks(run.path, tensorboard=cfg.log.tensorboard, wandb_project=cfg.log.wandb_project,
                               config=to_dict(cfg))
         write_run_json(run.path, cfg, "running", start_step)
@@ -383,7 +395,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         done = start_step
         try:
             if start_step == 0 and cfg.eval.size != 0:
-                run_eval(model, s.tokenizer, data, cfg, 0, eval_log, sinks, grader)
+                run_eval(model, s.tokenizer, data, cfg, 0, run, sinks, grader)
             for step in bar:
                 if stop.requested:
                     break
@@ -431,7 +443,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
 
                 done = step + 1
                 if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and cfg.eval.size != 0:
-                    run_eval(model, s.tokenizer, data, cfg, done, eval_log, sinks, grader)
+                    run_eval(model, s.tokenizer, data, cfg, done, run, sinks, grader)
                 if done < cfg.steps and (stop.requested or (cfg.log.save_every and done % cfg.log.save_every == 0)):
                     checkpoint(done)
                 write_run_json(run.path, cfg, "running", done)
@@ -442,10 +454,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
                 raise RunInterrupted(interrupt_message(run, cfg, done, aborted=False), 128 + stop.signum)
 
             # --- the end: final eval, checkpoint, summary, plots ---
-            final_eval = run_eval(model, s.tokenizer, data, cfg, cfg.steps, eval_log, sinks, grader) \
+            final_eval = run_eval(model, s.tokenizer, data, cfg, cfg.steps, run, sinks, grader) \
                 if cfg.eval.size != 0 else {}
             checkpoint(cfg.steps)
-            eval_log.close()
             summary = build_summary(run.path, cfg)
             run.write_summary(summary)
             from softgate.plots import plot_run
@@ -464,6 +475,5 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Trai
         finally:  # closing twice is harmless; these must close on every path
             bar.close()
             log.close()
-            eval_log.close()
             sinks.close()
     return TrainResult(run.path, summary)

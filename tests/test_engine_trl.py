@@ -192,6 +192,44 @@ def test_first_update_loss_and_gradients_equal_native(tiny_random_model: str, tm
     assert trainer._metrics["train"]["gate/eur"] == [pytest.approx(stats["eur"], abs=1e-6)]  # Eq. 12, same groups
 
 
+def test_a_failure_after_the_final_evaluation_resumes_without_a_second_one(tiny_random_model: str, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """One process, in this one: the run fails in its plots after the final evaluation; resumed from its final
+    checkpoint it finishes without evaluating again (the native engine's rule, through the same ``run_eval``)."""
+    import softgate.plots
+    import softgate.train
+    from softgate.engines.trl import train_trl
+
+    real_evaluate, evaluations = softgate.train.evaluate_policy, []
+
+    def evaluate_policy(*args, **kwargs):
+        evaluations.append(1)
+        return real_evaluate(*args, **kwargs)
+
+    def plots_fail(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(softgate.train, "evaluate_policy", evaluate_policy)
+    monkeypatch.setattr(softgate.plots, "plot_run", plots_fail)
+    out = tmp_path / "run"
+    cfg = _cfg(f"model.name_or_path={tiny_random_model}", "model.device=cpu", "model.threads=1",
+               f"output_dir={out}", "steps=2", "task.train_size=8", "rollout.prompts_per_step=2",
+               "rollout.num_generations=2", "rollout.max_new_tokens=6", "algo.minibatches=1",
+               "algo.micro_batch_size=2", "eval.size=4", "eval.every=0", "eval.batch_size=4", "log.save_every=0",
+               "log.progress=false")
+    with pytest.raises(OSError, match="disk full"):
+        train_trl(cfg)
+    run = RunDir(out)
+    assert (run.read_info().status, run.read_info().last_step) == ("failed", 2)
+    assert run.latest_checkpoint().name == "step_000002"
+    written = run.read_evals()
+    assert [e["rl_step"] for e in written] == [0, 2] and len(evaluations) == 2
+    monkeypatch.setattr(softgate.plots, "plot_run", lambda path: [])
+    train_trl(cfg, resume=True)
+    assert run.read_info().status == "finished"
+    assert run.read_evals() == written and len(evaluations) == 2
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Two processes: a short run, then resume
 
@@ -286,8 +324,7 @@ def _fake_run(path: Path, *, engine: str, gate: str, params: dict[str, float], s
         for step in range(1, 5):
             log.write({"step": step, "rl_step": step, "reward/total": 1.0, "reward/format": 1.0, "gate/eur": 0.9,
                        "policy/entropy": 1.0, "policy/on_policy": False})
-    with run.eval_writer() as log:
-        log.write({"step": 4, "rl_step": 4, "eval/task": "synthetic", "eval/accuracy": acc, "eval/n": 100})
+    run.write_eval({"step": 4, "rl_step": 4, "eval/task": "synthetic", "eval/accuracy": acc, "eval/n": 100})
 
 
 def test_report_puts_engines_side_by_side(tmp_path: Path) -> None:

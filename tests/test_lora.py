@@ -70,6 +70,80 @@ def test_reference_logprobs_are_the_base_models_without_a_copy(tiny_random_model
     assert (adapted - expected).abs().max() > 1e-3
 
 
+def test_staleness_ring_keeps_only_the_adapters_and_lags_exactly(tiny_random_model, tmp_path):
+    """algo.staleness=2 under LoRA: the ring holds the adapter tensors only (not the frozen base), and after each
+    optimizer step the behaviour model equals a deep copy of the policy taken 2 steps earlier (fewer at the
+    start), weights and logits bit for bit, while differing from the current policy."""
+    import copy
+
+    from softgate.lifecycle import setup
+
+    k = 2
+    s = setup(lora_config(tiny_random_model, tmp_path / "run", f"algo.staleness={k}", "optim.lr=0.05"))
+    model, behaviour = s.model, s.behaviour
+    adapters = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    ids = torch.randint(4, 50, (2, 10))
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=ids).logits
+
+    copies = [copy.deepcopy(model).eval()]  # copies[j]: the policy after j optimizer steps
+    for step in range(1, 5):
+        model(input_ids=ids).logits.pow(2).mean().backward()
+        behaviour.record(model)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        copies.append(copy.deepcopy(model).eval())
+        lag = behaviour.sync(model)
+        assert lag == min(k, step)
+        lagged = copies[step - lag]
+        expected = dict(lagged.named_parameters())
+        assert all(torch.equal(p, expected[name]) for name, p in behaviour.model.named_parameters())
+        assert torch.equal(logits(behaviour.model), logits(lagged))
+        assert not torch.equal(logits(behaviour.model), logits(copies[step]))  # lagged, not the current policy
+
+    ring = behaviour.state()
+    assert len(ring) == k and all(state.keys() == adapters.keys() for state in ring)
+    ring_bytes = sum(t.numel() * t.element_size() for t in ring[0].values())
+    assert ring_bytes == sum(p.numel() * p.element_size() for p in adapters.values())
+    whole = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert ring_bytes < whole / 10  # the frozen base is not copied
+
+    # Checkpoints written before held whole state dicts: they still load (their adapter entries are the state).
+    old_ring = [{n: t.clone() for n, t in copies[j].state_dict().items()} for j in (3, 4)]
+    assert len(old_ring[0]) > len(adapters)
+    behaviour.load(old_ring, where="step_000002/policy_ring.pt")
+    assert behaviour.sync(model) == k and torch.equal(logits(behaviour.model), logits(copies[3]))
+    assert all(state.keys() == adapters.keys() for state in behaviour.state())
+    # A ring that does not fit the model (another model.lora) is refused in one line naming the file.
+    with pytest.raises(ValueError, match=r"^step_000002/policy_ring.pt: its lagged policy states do not fit the "
+                                         r"model \(missing \[.*lora_A[^\n]*model.lora must be what the run"):
+        behaviour.load([{n: t for n, t in ring[0].items() if "lora_B" in n}], where="step_000002/policy_ring.pt")
+
+
+def test_lora_staleness_ring_is_checkpointed_as_adapters_and_resume_is_exact(tmp_path):
+    """On the shipped warm-started model (the adapters move): policy_ring.pt holds adapter tensors only, and a run
+    stopped at step 2 and resumed to step 4 with algo.staleness=2 equals the uninterrupted one."""
+    extra = ("algo.staleness=2", "eval.size=0")
+    reference = tmp_path / "reference"
+    train(lora_config("embedded:tiny", reference, "steps=4", *extra))
+    resumed = tmp_path / "resumed"
+    train(lora_config("embedded:tiny", resumed, "steps=2", *extra))
+    ring = torch.load(resumed / "checkpoints" / "step_000002" / "policy_ring.pt", weights_only=True)
+    assert len(ring) == 2 and ring[0] and all("lora_" in name for state in ring for name in state)
+    train(lora_config("embedded:tiny", resumed, "steps=4", *extra), resume=True)
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+    metrics = read_jsonl(resumed / "metrics.jsonl")
+    assert strip(metrics) == strip(read_jsonl(reference / "metrics.jsonl"))
+    assert [m["rollout/policy_lag"] for m in metrics[::4]] == [0, 2, 2, 2]
+    # The lagged rollouts are off-policy from their first update: the adapters moved in the 2 steps of lag.
+    assert all(abs(m["gate/ratio_max"] - 1.0) > 1e-6 for m in metrics[4::4])
+
+
 def test_lora_run_checkpoints_the_adapter_and_resumes_bit_exactly(tmp_path):
     """On the shipped warm-started model (rewards vary, so the adapters move): the run logs a KL to the base model
     that grows from 0, its checkpoints hold only the adapter, and a run stopped at step 2 and resumed to step 4

@@ -21,10 +21,9 @@ def test_plot_run_writes_curves_and_eval(tmp_path: Path):
         for step in range(1, 9):
             log.write({"step": step, "rl_step": (step + 1) // 2, "policy/on_policy": step % 2 == 1,
                        "reward/total": 0.1 * step, "gate/eur": 0.9, "policy/entropy": 1.0})
-    with run.eval_writer() as log:
-        for step in (0, 8):
-            log.write({"step": step, "eval/accuracy": 0.5, "eval/accuracy_ci_low": 0.4,
-                       "eval/accuracy_ci_high": 0.6, "eval/format_rate": 0.9})
+    for step in (0, 8):
+        run.write_eval({"step": step, "eval/accuracy": 0.5, "eval/accuracy_ci_low": 0.4,
+                        "eval/accuracy_ci_high": 0.6, "eval/format_rate": 0.9})
     written = plots.plot_run(run.path)
     assert written == [run.plots / "curves.png", run.plots / "eval.png"]
     assert all(p.read_bytes()[:8] == PNG for p in written)
@@ -37,9 +36,8 @@ def test_run_figures_count_rl_steps_and_label_axes_in_words(tmp_path: Path, monk
         for step in range(1, 7):
             log.write({"step": step, "rl_step": (step + 1) // 2, "policy/on_policy": step % 2 == 1,
                        "reward/total": float(step), "gate/eur": 1.0 if step % 2 == 1 else 0.5})
-    with run.eval_writer() as log:
-        for rl_step in (0, 3):
-            log.write({"step": 2 * rl_step, "rl_step": rl_step, "eval/accuracy": 1.0, "eval/format_rate": 1.0})
+    for rl_step in (0, 3):
+        run.write_eval({"step": 2 * rl_step, "rl_step": rl_step, "eval/accuracy": 1.0, "eval/format_rate": 1.0})
     figures = {}
     real_save = plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, path, *a: figures.setdefault(path.name, fig) and

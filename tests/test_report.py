@@ -47,9 +47,8 @@ def write_run(
                        "gate/eur": eur, "policy/entropy": entropy, "response/length_mean": 20.0,
                        **(extra_metrics or {})})
     if evals is not None:
-        with run.eval_writer() as log:
-            for row in evals:
-                log.write(row)
+        for row in evals:
+            run.write_eval(row)
     return run_dir
 
 
@@ -348,8 +347,7 @@ def test_every_registered_gate_round_trips_through_the_run_directory(tmp_path: P
                 for step, on_policy in ((1, True), (2, False), (3, True), (4, False)):
                     log.write({"step": step, "rl_step": (step + 1) // 2, "policy/on_policy": on_policy,
                                "gate/eur": 1.0 if on_policy else 0.5, "reward/total": 0.25 * step})
-            with run.eval_writer() as log:
-                log.write({"step": 4, "rl_step": 2, "eval/task": "synthetic", "eval/accuracy": 0.5})
+            run.write_eval({"step": 4, "rl_step": 2, "eval/task": "synthetic", "eval/accuracy": 0.5})
     report = tables_only([tmp_path])
     assert sorted(v.name for v in report.variants) == sorted(spec.label for spec in specs.values())
     assert {v.name: v.gate for v in report.variants} == {spec.label: spec for spec in specs.values()}

@@ -468,6 +468,54 @@ def test_a_failure_before_any_checkpoint_is_no_dead_end(tiny_random_model, tmp_p
     assert [r["rl_step"] for r in read_jsonl(out / "metrics.orphaned.jsonl")] == [1, 1, 1, 1]  # kept aside
 
 
+def test_a_failure_after_the_final_evaluation_resumes_without_a_second_one(tiny_random_model, tmp_path,
+                                                                           monkeypatch):
+    """The run fails in its plots, after the final evaluation and checkpoint: run.json says failed at step 3 and
+    resume starts from the final checkpoint. eval.jsonl keeps one line per (step, task): the final evaluation is
+    not made again with the same settings; with other eval settings it is made anew and the old line set aside."""
+    import softgate.plots
+    import softgate.train as train_module
+
+    def plots_fail(path):
+        raise OSError("disk full")
+
+    real_evaluate, evaluations = train_module.evaluate_policy, []
+
+    def evaluate_policy(*args, **kwargs):
+        evaluations.append(kwargs["temperature"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_policy", evaluate_policy)
+    monkeypatch.setattr(softgate.plots, "plot_run", plots_fail)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="disk full"):
+        train(small_config(tiny_random_model, out, "log.save_every=0"))
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["last_step"] == 3
+    written = read_jsonl(out / "eval.jsonl")
+    assert [e["rl_step"] for e in written] == [0, 2, 3] and len(evaluations) == 3
+
+    # Same settings: the final evaluation already in eval.jsonl is the run's (same weights), kept as written.
+    with pytest.raises(OSError, match="disk full"):  # fails again: run.json failed again, nothing evaluated
+        train(small_config(tiny_random_model, out, "log.save_every=0"), resume=True)
+    assert read_jsonl(out / "eval.jsonl") == written and len(evaluations) == 3
+    monkeypatch.setattr(softgate.plots, "plot_run", lambda path: [])
+    result = train(small_config(tiny_random_model, out, "log.save_every=0"), resume=True)
+    assert read_jsonl(out / "eval.jsonl") == written and len(evaluations) == 3
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["final_eval_accuracy"] == written[-1]["eval/accuracy"]
+    assert result.summary["eval_end"]["accuracy"] == written[-1]["eval/accuracy"]
+
+    # Other settings (eval.* may change on resume): evaluated anew, the earlier final line moved aside, not lost.
+    info["status"] = "failed"
+    (out / "run.json").write_text(json.dumps(info))
+    train(small_config(tiny_random_model, out, "log.save_every=0", "eval.temperature=0.5"), resume=True)
+    evals = read_jsonl(out / "eval.jsonl")
+    assert [e["rl_step"] for e in evals] == [0, 2, 3] and evaluations == [0.7] * 3 + [0.5]
+    assert evals[:2] == written[:2] and evals[2]["eval/temperature"] == 0.5
+    assert read_jsonl(out / "eval.orphaned.jsonl") == written[2:]
+
+
 def test_graceful_stop_first_signal_asks_second_aborts(capsys):
     from softgate.stopping import GracefulStop
 

@@ -58,7 +58,7 @@ class RunDirLog(TrainerCallback):
         self.stopped = False
         self.done = 0  # RL steps finished
         self._pending: list[dict[str, Any]] = []
-        self._writers: tuple[JsonlWriter, JsonlWriter, TrackingSinks] | None = None
+        self._writers: tuple[JsonlWriter, TrackingSinks] | None = None
         self._bar: Any = None
         self._t0 = time.perf_counter()
 
@@ -75,7 +75,7 @@ class RunDirLog(TrainerCallback):
         if self.main:
             self._bar = tqdm(total=self.cfg.steps, initial=start, desc="RL (trl)", unit="step",
                              disable=not self.cfg.log.progress, dynamic_ncols=True)
-            self._writers = (self.run.metrics_writer(), self.run.eval_writer(),
+            self._writers = (self.run.metrics_writer(),
                              TrackingSinks(self.run.path, tensorboard=self.cfg.log.tensorboard,
                                            wandb_project=self.cfg.log.wandb_project, config=to_dict(self.cfg)))
 
@@ -90,8 +90,8 @@ class RunDirLog(TrainerCallback):
 
     def evaluate(self, model: Any, rl_step: int) -> dict[str, Any]:
         """Held-out evaluation after ``rl_step`` (rank 0), written by the native engine's ``run_eval``."""
-        metrics, evals, sinks = self._writers
-        return run_eval(model, self.trainer.processing_class, self.trainer.scorer.data, self.cfg, rl_step, evals,
+        _, sinks = self._writers
+        return run_eval(model, self.trainer.processing_class, self.trainer.scorer.data, self.cfg, rl_step, self.run,
                         sinks, self.trainer.scorer.grader)
 
     # -- TrainerCallback --
@@ -125,7 +125,7 @@ class RunDirLog(TrainerCallback):
         """The metrics lines of the RL step that ended at optimizer step ``step``, then its evaluation if due."""
         seconds = time.perf_counter() - self._t0
         timing = {"time/step": seconds, "perf/tokens_per_s": self.trainer.rollout_tokens / seconds}
-        metrics, _, sinks = self._writers
+        metrics, sinks = self._writers
         first = step - len(records) + 1
         for k, record in enumerate(records):
             line = {"step": first + k, "rl_step": self.done, **self.trainer.rollout_figures, **record, **timing,
