@@ -44,12 +44,16 @@ Engine = Literal["native", "trl"]
 """Training engines: softgate's own loop (softgate.train) or TRL's GRPOTrainer under accelerate (softgate.engines)."""
 ENGINES: tuple[str, ...] = get_args(Engine)
 
+MinibatchSplit = Literal["groups", "rows"]
+"""How a rollout is cut into minibatches: whole groups (reshuffled on later passes) or TRL's shuffled rows."""
+MINIBATCH_SPLITS: tuple[str, ...] = get_args(MinibatchSplit)
+
 LogprobImpl = Literal["auto", "logits", "hidden"]
 """How the trainer scores tokens: from the model's logits, from the last hidden state in tiles, or by vocab size."""
 LOGPROB_IMPLS: tuple[str, ...] = get_args(LogprobImpl)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGG_MODES", "BACKENDS", "DTYPES", "ENGINES", "EXTRACT_MODES", "KL_ESTIMATORS", "LEVELS",
-    "LOGPROB_IMPLS", "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "Engine", "ExtractMode",
-    "KLEstimator", "Level", "LogprobImpl", "Schedule",
+    "LOGPROB_IMPLS", "MINIBATCH_SPLITS", "SCHEDULES", "AdvantageEstimator", "AggMode", "Backend", "DType", "Engine",
+    "ExtractMode", "KLEstimator", "Level", "LogprobImpl", "MinibatchSplit", "Schedule",
 ]

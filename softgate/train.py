@@ -203,12 +203,33 @@ def update_on_minibatch(model, rollout: Rollout, idx: torch.Tensor, *, old_logp,
     return {k: float(v) for k, v in stats.items()}
 
 
+def minibatch_plan(P: int, G: int, minibatches: int, passes: int, split: str) -> list[list[torch.Tensor]]:
+    """The row indices of each minibatch of each pass over a rollout of ``P`` groups of ``G`` rows (group g holds
+    rows g*G .. g*G+G-1), by ``algo.minibatch_split``:
+
+    - ``groups``: minibatches of whole groups, the first pass in order, every later pass in a new random order of
+      the groups (each minibatch holds whole groups, as Eq. 12's EUR is defined).
+    - ``rows``: TRL GRPOTrainer's (``_prepare_inputs``: ``shuffle_sequence_dict`` then ``split_tensor_dict``): the
+      rows shuffled once per rollout and cut into minibatches that every pass reuses in the same order, so each
+      minibatch holds part of every group.
+
+    Shapes: ``passes`` lists of ``minibatches`` int64 tensors of P*G/minibatches row indices each.
+    """
+    if split == "rows":
+        return [list(torch.randperm(P * G).split(P * G // minibatches))] * passes
+    plan = []
+    for iteration in range(passes):
+        order = torch.randperm(P) if iteration > 0 else torch.arange(P)
+        plan.append([(chunk[:, None] * G + torch.arange(G)).reshape(-1) for chunk in order.split(P // minibatches)])
+    return plan
+
+
 def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: float, cfg: Config,
                  behaviour: BehaviourPolicy | None = None,
                  keep: LastUpdate | None = None) -> tuple[list[dict[str, Any]], float]:
     """The updates of one RL step: ``algo.num_iterations`` passes over the batch, each split into
-    ``algo.minibatches`` minibatches of whole groups (the first pass in order, later passes shuffled), one
-    optimizer step per minibatch.
+    ``algo.minibatches`` minibatches (:func:`minibatch_plan`: whole groups by default), one optimizer step per
+    minibatch.
 
     Each minibatch is one slot of the learning-rate schedule: a minibatch whose groups were all dropped
     (``algo.drop_zero_variance``) makes no update but still advances the schedule, so that linear and cosine
@@ -219,13 +240,11 @@ def update_phase(model, optimizer, scheduler, batch: RolloutBatch, tau_scale: fl
 
     Returns one record per update made, and the EUR controller's temperature scale after them.
     """
-    P, G = cfg.rollout.prompts_per_step, cfg.rollout.num_generations
-    groups = torch.arange(P)
+    plan = minibatch_plan(cfg.rollout.prompts_per_step, cfg.rollout.num_generations, cfg.algo.minibatches,
+                          cfg.algo.num_iterations, cfg.algo.minibatch_split)
     records, stepped = [], False
-    for iteration in range(cfg.algo.num_iterations):
-        order = groups[torch.randperm(P)] if iteration > 0 else groups
-        for mb, group_chunk in enumerate(order.split(P // cfg.algo.minibatches)):
-            idx = (group_chunk[:, None] * G + torch.arange(G)).reshape(-1)
+    for iteration, minibatches in enumerate(plan):
+        for mb, idx in enumerate(minibatches):
             idx = idx[batch.keep[idx]]
             if idx.numel() == 0:  # every group here had zero reward variance and was dropped
                 _advance_schedule(scheduler)

@@ -192,6 +192,35 @@ def test_first_update_loss_and_gradients_equal_native(tiny_random_model: str, tm
     assert trainer._metrics["train"]["gate/eur"] == [pytest.approx(stats["eur"], abs=1e-6)]  # Eq. 12, same groups
 
 
+@pytest.mark.parametrize("split", ["groups", "rows"])
+def test_optimizer_steps_hold_the_native_minibatches(tiny_random_model: str, tmp_path: Path, split: str) -> None:
+    """4 prompts x G=2, 2 minibatches, 2 passes, micro-batches of 2: the rows of each of the RL step's 4 optimizer
+    steps (TRL's buffering through ``_prepare_inputs``) are the native engine's minibatches
+    (``softgate.train.minibatch_plan``) from the same RNG state, for both ``algo.minibatch_split`` values."""
+    from softgate.engines.trl import build_trainer
+    from softgate.train import minibatch_plan
+
+    cfg = _cfg(f"model.name_or_path={tiny_random_model}", "model.device=cpu", "model.threads=1",
+               f"output_dir={tmp_path / 'run'}", "rollout.prompts_per_step=4", "rollout.num_generations=2",
+               "algo.minibatches=2", "algo.micro_batch_size=2", "task.train_size=8", "eval.size=0",
+               f"algo.minibatch_split={split}")
+    trainer = build_trainer(cfg)
+    assert (trainer.args.steps_per_generation, trainer.args.gradient_accumulation_steps) == (4, 2)
+    rollout = {"prompt_ids": torch.arange(4).repeat_interleave(2)[:, None], "row": torch.arange(8),
+               "num_items_in_batch": torch.tensor(8)}
+    trainer._generate_and_score_completions = lambda batch: rollout  # the rollout, without sampling
+    trainer.model.train()
+    torch.manual_seed(0)
+    rows = []
+    for trainer._step in range(8):  # 2 passes x 2 optimizer steps x 2 micro-batches
+        rows.append(trainer._prepare_inputs(None)["row"])
+    steps = [torch.cat(rows[k:k + 2]) for k in range(0, 8, 2)]
+    torch.manual_seed(0)
+    native = [m for minibatches in minibatch_plan(4, 2, 2, 2, split) for m in minibatches]
+    for got, want in zip(steps, native):
+        assert torch.equal(got, want), (split, steps, native)
+
+
 def test_a_failure_after_the_final_evaluation_resumes_without_a_second_one(tiny_random_model: str, tmp_path: Path,
                                                                            monkeypatch) -> None:
     """One process, in this one: the run fails in its plots after the final evaluation; resumed from its final

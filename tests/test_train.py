@@ -364,6 +364,38 @@ def test_prompt_stream_resumes_mid_epoch():
     assert resumed.take(12) == first[13:25]
 
 
+@pytest.mark.parametrize("split", ["groups", "rows"])
+def test_minibatch_plan_cuts_each_pass_into_the_configured_minibatches(split):
+    """4 groups of 3 rows, 2 minibatches, 3 passes. groups: whole groups, the first pass in order, the later passes
+    other orders of the groups. rows: every pass the same minibatches, each holding rows of both halves of the
+    groups (TRL's composition). Every pass covers every row once."""
+    from softgate.train import minibatch_plan
+
+    torch.manual_seed(0)
+    plan = minibatch_plan(4, 3, 2, 3, split)
+    assert [len(p) for p in plan] == [2, 2, 2]
+    for minibatches in plan:
+        assert sorted(torch.cat(minibatches).tolist()) == list(range(12)) and all(len(m) == 6 for m in minibatches)
+    groups = [[sorted({int(i) // 3 for i in m}) for m in minibatches] for minibatches in plan]
+    if split == "groups":
+        assert plan[0][0].tolist() == [0, 1, 2, 3, 4, 5] and plan[0][1].tolist() == [6, 7, 8, 9, 10, 11]
+        assert all(len(g) == 2 for p in groups for g in p)  # 6 rows = 2 whole groups
+        assert groups[1] != groups[0] or groups[2] != groups[0]  # later passes reshuffle the groups
+    else:
+        assert all(torch.equal(plan[k][m], plan[0][m]) for k in range(3) for m in range(2))
+        assert any(len(g) > 2 for g in groups[0])  # a minibatch of 6 rows spread over more than 2 groups
+
+
+def test_minibatch_split_rows_trains_and_logs_eur(tiny_random_model, tmp_path):
+    """algo.minibatch_split=rows runs the loop: EUR (Eq. 12 over the parts of the groups a minibatch holds) and the
+    gate figures are logged for every update."""
+    cfg = small_config(tiny_random_model, tmp_path / "run", "steps=1", "eval.size=0", "algo.minibatch_split=rows")
+    train(cfg)
+    lines = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(lines) == cfg.algo.num_iterations * cfg.algo.minibatches
+    assert all(0 < line["gate/eur"] <= 1 for line in lines) and lines[0]["gate/eur"] == 1.0
+
+
 def test_docs_design_lists_every_logged_metric_key(tiny_random_model, tmp_path):
     """docs/design.md is the reference of metrics.jsonl: a key the trainer logs must be listed there."""
     import re

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from softgate.choices import (AdvantageEstimator, AggMode, Backend, DType, Engine, KLEstimator, Level,
-                              LogprobImpl, Schedule)
+                              LogprobImpl, MinibatchSplit, Schedule)
 from softgate.grading import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS
 
 if TYPE_CHECKING:  # softgate.gates imports torch; the config stays light so that --help is fast
@@ -163,7 +163,11 @@ class AlgoConfig:
     num_iterations: int = 2
     """Passes over each rollout batch (the paper: 2). With 1 pass and 1 minibatch every update is on-policy."""
     minibatches: int = 2
-    """Optimizer steps per pass over a rollout batch; groups are kept whole inside a minibatch."""
+    """Optimizer steps per pass over a rollout batch (cut as algo.minibatch_split says)."""
+    minibatch_split: MinibatchSplit = "groups"
+    """groups: minibatches of whole groups, the first pass in order, later passes in a new random order of groups.
+    rows: TRL GRPOTrainer's: the rows shuffled once per rollout, the same minibatches on every pass (each holds part
+    of every group)."""
     micro_batch_size: int = 32
     """Sequences per forward/backward pass (gradient accumulation inside a minibatch)."""
     eur_target: float | None = None

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from trl.trainer.utils import split_tensor_dict
 
 from softgate.config import Config, save_config
 from softgate.data import TrainingData, load_training_data
@@ -42,7 +43,7 @@ from softgate.rundir import RunDir, RunInterrupted
 from softgate.stopping import GracefulStop
 from softgate.threads import apply_threads
 from softgate.tracking import check_trackers
-from softgate.train import TrainResult, grader_metrics, rollout_metrics, score
+from softgate.train import TrainResult, grader_metrics, minibatch_plan, rollout_metrics, score
 
 ENGINE = "trl"
 INDEX_COLUMN = "softgate_index"  # the dataset column that names each prompt's training example
@@ -79,11 +80,31 @@ class EngineTrainer(SoftGateGRPOTrainer):
         super().__init__(*args, reward_funcs=[scorer], **kwargs)
         self.softgate_cfg, self.geometry, self.scorer, self.run_dir = softgate_cfg, geometry, scorer, run_dir
         self.rollout_figures: dict[str, float] = {}  # of the newest rollout, all processes
+        self._rollout: dict[str, Any] = {}  # with algo.minibatch_split=groups: this process's rollout and its
+        self._plan: list[list[torch.Tensor]] = []  # minibatches per pass (softgate.train.minibatch_plan)
 
     def _tokenize_prompts(self, prompts: list) -> tuple[list, None, dict]:
         """softgate's prompts are rendered text (chat template applied): no special tokens added, as the native
         sampler tokenizes them (TRL's default adds them)."""
         return self.processing_class(text=prompts, add_special_tokens=False)["input_ids"], None, {}
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        """The micro-batch of this accumulation step, with the minibatches of ``algo.minibatch_split``: ``rows`` is
+        TRL's own buffering (TRL 1.16 grpo_trainer.py L1538-1546: rows shuffled once per rollout, the same
+        micro-batches on every pass); ``groups`` orders this process's rows by ``softgate.train.minibatch_plan``
+        at the start of every pass, so each optimizer step holds whole groups as in the native engine."""
+        split = self.softgate_cfg.algo.minibatch_split
+        if not self.model.training or split == "rows":
+            return super()._prepare_inputs(generation_batch)
+        per_pass, G = self.args.steps_per_generation, self.num_generations
+        if self._step % (per_pass * self.num_iterations) == 0 or self._buffered_inputs is None:
+            self._rollout = whole_groups(self._generate_and_score_completions(generation_batch), G)
+            rows = len(self._rollout["prompt_ids"])
+            self._plan = minibatch_plan(rows // G, G, self.softgate_cfg.algo.minibatches, self.num_iterations, split)
+        if self._step % per_pass == 0 or self._buffered_inputs is None:
+            order = torch.cat(self._plan[self._step // per_pass % self.num_iterations])
+            self._buffered_inputs = split_tensor_dict(take_rows(self._rollout, order), per_pass)
+        return self._buffered_inputs[self._step % per_pass]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """TRL's generation and scoring, plus the native engine's rollout figures over all processes
@@ -131,6 +152,26 @@ class EngineTrainer(SoftGateGRPOTrainer):
             publish_checkpoint(RunDir(self.run_dir), Path(self._get_output_dir(trial)), self.state.global_step,
                                self.geometry.updates_per_step, keep=self.softgate_cfg.log.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+
+
+def whole_groups(batch: dict[str, Any], G: int) -> dict[str, Any]:
+    """``batch`` (TRL's rollout on this process) after checking that its rows are whole groups of ``G``
+    consecutive rows of one prompt each, as TRL's RepeatSampler lays them out."""
+    prompts_NGL = batch["prompt_ids"].reshape(-1, G, batch["prompt_ids"].shape[-1])
+    if len(batch["prompt_ids"]) % G or not (prompts_NGL == prompts_NGL[:, :1]).all():
+        raise RuntimeError(f"algo.minibatch_split=groups: this process's rollout is not whole groups of {G} "
+                           "consecutive rows (use algo.minibatch_split=rows)")
+    return batch
+
+
+def take_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
+    """The rows ``order`` of every per-row entry of TRL's rollout dict (tensors and lists; scalars and None kept),
+    as TRL's ``shuffle_sequence_dict`` permutes them."""
+    def take(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            return v[order.to(v.device)]
+        return [v[i] for i in order.tolist()] if isinstance(v, list) else v
+    return {key: take(v) for key, v in batch.items()}
 
 
 def publish_checkpoint(run: RunDir, trl_dir: Path, global_step: int, updates_per_step: int, *, keep: int) -> Path:

@@ -48,6 +48,7 @@ KEY_MAP: dict[str, str] = {
     "algo.staleness": "refused when > 0",
     "algo.eur_target, algo.eur_rate": "refused when eur_target is set",
     "algo.minibatches": "steps_per_generation = minibatches x gradient_accumulation_steps",
+    "algo.minibatch_split": "rows: TRL's own order; groups: the engine orders each process's rows (whole groups)",
     "algo.micro_batch_size": "per_device_train_batch_size (largest divisor of a process's minibatch rows <= it)",
     "optim.lr": "learning_rate",
     "optim.weight_decay": "weight_decay (on every parameter, as softgate's AdamW)",
@@ -105,6 +106,11 @@ def geometry(cfg: Config, processes: int) -> Geometry:
         raise ConfigError(f"--processes {processes}: an optimizer step holds {per_step} rows (prompts_per_step x "
                           f"num_generations / algo.minibatches), which do not split evenly over the processes")
     local = per_step // processes
+    G = cfg.rollout.num_generations
+    if cfg.algo.minibatch_split == "groups" and local % G:
+        raise ConfigError(f"--processes {processes}: algo.minibatch_split=groups needs each process's share of an "
+                          f"optimizer step ({local} rows) to hold whole groups of {G} (use fewer processes or "
+                          "algo.minibatch_split=rows)")
     per_device = max(d for d in range(1, min(local, cfg.algo.micro_batch_size) + 1) if local % d == 0)
     grad_accum = local // per_device
     updates = cfg.algo.num_iterations * mbs
