@@ -1,5 +1,6 @@
 """The shipped sweep presets: each passes `softgate sweep FILE --dry-run` (its cells' configs validated by the
-trainer's own rules), runs at least 3 seeds per variant, and states its wall-time estimate in its header."""
+trainer's own rules), runs at least 3 seeds per variant, and states its wall time on 2 cores in its header: the estimate made before the
+preset ran, with the measurement behind it, and once it has run on this machine, the measured time."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ STUDY = ("stress", "staleness", "temperature", "coldstart")  # issue 15's preset
 
 def test_the_study_presets_exist():
     assert {f"{name}.yaml" for name in STUDY} <= {p.name for p in PRESETS}
-    for name in STUDY:  # the header states the estimated wall time and the measurement behind it
+    for name in STUDY:  # the header states the wall time on 2 cores, estimated or measured, and what it rests on
         header = (SWEEPS / f"{name}.yaml").read_text().split("\nbase:")[0]
-        assert "Estimated wall time on 2 cores" in header and "Measured" in header, name
+        stated = "Estimated wall time on 2 cores" in header or "Measured wall time:" in header
+        assert stated and "on 2 cores" in header and "Measured" in header, name
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
