@@ -119,6 +119,22 @@ class Setup:
     grader: Grader
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def adamw(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.AdamW:
+    """AdamW over ``params`` with ``cfg.optim``'s settings, on torch's fused kernel when every parameter is a
+    floating-point tensor on CPU or CUDA (else the default implementation).
+
+    The fused kernel updates each tensor in one pass instead of a dozen elementwise ones: measured 0.33 s against
+    1.52 s per step on SmolLM2-135M's parameters on one CPU thread (docs/benchmarks.md), ~4 steps per RL step. It
+    is also what Hugging Face's Trainer, and so TRL, uses by default since torch 2.8 (``adamw_torch_fused``). Its
+    result equals the loop's up to float rounding; checkpoints hold the same state either way."""
+    fused = all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in params)
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                             weight_decay=cfg.optim.weight_decay, fused=fused or None)
+
+
 def setup(cfg: Config) -> Setup:
     """Load the policy and data (prompts checked against the model's context) and build the optimizer, schedule,
     sampler and grader. Writes nothing."""
@@ -131,8 +147,7 @@ def setup(cfg: Config) -> Setup:
                               max_new_tokens=cfg.rollout.max_new_tokens,
                               eval_max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                               context=getattr(model.config, "max_position_embeddings", None))
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw(trainable_parameters(model), cfg)
     updates = cfg.steps * cfg.algo.num_iterations * cfg.algo.minibatches  # update slots of the whole run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps,
                                                                        updates))

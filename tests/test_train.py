@@ -760,3 +760,30 @@ def test_behaviour_policy_ring_keeps_the_last_k_states():
         behaviour.load([policy.state_dict()] * 3)
     with pytest.raises(ValueError, match="k >= 1"):
         BehaviourPolicy(policy, k=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adamw_is_fused_on_cpu_and_its_first_step_is_the_closed_form(dtype):
+    """Adam's first step has a closed form: m_hat = g, v_hat = g^2, so p <- p (1 - lr wd) - lr g / (|g| + eps).
+    The fused kernel must give it, and the next steps must follow torch's reference loop (foreach=False)."""
+    from softgate.lifecycle import adamw
+
+    cfg = load_config(None, ["optim.lr=0.01", "optim.weight_decay=0.1", "optim.beta2=0.99"])
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(7, 5, generator=gen, dtype=dtype), torch.randn(5, generator=gen, dtype=dtype)]
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    ref = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = adamw(params, cfg)
+    ref_opt = torch.optim.AdamW(ref, lr=0.01, betas=(cfg.optim.beta1, 0.99), weight_decay=0.1, foreach=False)
+    assert opt.defaults["fused"] is True
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=gen, dtype=dtype) for p in start]
+        for p, q, g in zip(params, ref, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+        if step == 0:
+            for p, p0, g in zip(params, start, grads):
+                torch.testing.assert_close(p.detach(), p0 * (1 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8))
+        for p, q in zip(params, ref):
+            torch.testing.assert_close(p.detach(), q.detach())
