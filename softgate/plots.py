@@ -457,8 +457,9 @@ def plot_ratio_by_update(variants: Sequence[Variant], out: Path) -> list[tuple[s
 
 def plot_stability_map(cells: dict[str, dict[tuple[float, int], Cell]], out: Path) -> list[tuple[str, str]]:
     """Learning rate (x) x staleness (y), one panel per gate; colour = mean final minus initial held-out accuracy,
-    a cross and "c/n" where c of the cell's n runs collapsed (``softgate.report.stability``). Drawn when some gate
-    was run at two or more (lr, staleness) pairs."""
+    its value written in the cell, and "x c/n" under it where c of the cell's n runs collapsed
+    (``softgate.report.stability``). Columns name the update regimes (passes x minibatches) of their runs when
+    the runs' configs give them. Drawn when some gate was run at two or more (lr, staleness) pairs."""
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
 
@@ -466,30 +467,35 @@ def plot_stability_map(cells: dict[str, dict[tuple[float, int], Cell]], out: Pat
         return []
     lrs = sorted({lr for by_key in cells.values() for lr, _ in by_key})
     lags = sorted({k for by_key in cells.values() for _, k in by_key})
+    regimes = {lr: sorted({r for by_key in cells.values() for (x, _), c in by_key.items() if x == lr
+                           for r in c.regimes}) for lr in lrs}
     span = max(abs(c.mean_delta) for by_key in cells.values() for c in by_key.values()) or 1.0
     norm, cmap = TwoSlopeNorm(0.0, -span, span), colormaps["RdBu"]
-    fig = _figure(1.2 + 1.1 * len(lrs) * len(cells) + 1.0, 1.4 + 0.8 * len(lags))
+    fig = _figure(1.2 + 1.3 * len(lrs) * len(cells) + 1.0, 1.6 + 0.8 * len(lags))
     axes = fig.subplots(1, len(cells), squeeze=False)[0]
     for ax, (gate, by_key) in zip(axes, cells.items()):
         grid = np.full((len(lags), len(lrs)), np.nan)  # (staleness, lr)
         for (lr, k), cell in by_key.items():
             i, j = lags.index(k), lrs.index(lr)
             grid[i, j] = cell.mean_delta
-            ax.text(j, i, f"{cell.mean_delta:+.2f}", ha="center", va="bottom", fontsize=8)
+            ink = "white" if abs(cell.mean_delta) > 0.6 * span else "black"  # readable on dark cells
+            ax.text(j, i + (0.15 if cell.collapsed else 0.0), f"{cell.mean_delta:+.2f}", ha="center",
+                    va="center", fontsize=9, color=ink)
             if cell.collapsed:
-                ax.plot(j, i, marker="x", color="black", ms=12, mew=2)
-                ax.text(j, i, f"{cell.collapsed}/{len(cell.deltas)}", ha="center", va="top", fontsize=7)
+                ax.text(j, i - 0.2, f"\u00d7 {cell.collapsed}/{len(cell.deltas)}", ha="center", va="center",
+                        fontsize=8, fontweight="bold", color=ink)
         image = ax.imshow(grid, cmap=cmap, norm=norm, origin="lower", aspect="auto")
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" + (f"\n{', '.join(regimes[lr])}" if regimes[lr] else "")
+                                        for lr in lrs])
         ax.set_yticks(range(len(lags)), [str(k) for k in lags])
         ax.set_title(gate, fontsize=9)
-        ax.set_xlabel("learning rate")
+        ax.set_xlabel("learning rate" + ("\n(passes x minibatches per rollout)" if any(regimes.values()) else ""))
     axes[0].set_ylabel("staleness k (optimizer steps)")
     fig.colorbar(image, ax=list(axes), label="held-out accuracy, final minus initial")
     _save(fig, out / "stability_map.png")
     return [("stability_map.png", "stability map: learning rate x staleness per gate; colour = final minus initial "
-                                  "held-out accuracy (mean over seeds); x = c of n runs collapsed (final < 50% of "
-                                  "initial)")]
+                                  "held-out accuracy (mean over seeds, written in the cell); \u00d7 c/n = c of n runs "
+                                  "collapsed (final < 50% of initial)")]
 
 
 def plot_gate_shapes(variants: Sequence[Variant], out: Path) -> tuple[list[tuple[str, str]], list[str]]:

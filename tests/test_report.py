@@ -509,7 +509,9 @@ def test_eval_curve_is_the_mean_over_seeds_with_a_bootstrap_band(sweep_dir: Path
 def stress_run(path: Path, gate: str, params: dict[str, float], lr: float, k: int, seed: int, final: float) -> None:
     write_run(path, gate=gate, params=params, seed=seed, evals=[ev(0, 0.6), ev(STEPS, final)],
               extra_metrics={"policy/approx_kl": 0.1 * k + lr * 100})
-    (path / "config.yaml").write_text(f"optim:\n  lr: {lr}\nalgo:\n  staleness: {k}\n")
+    passes = 4 if lr > 1e-4 else 2
+    (path / "config.yaml").write_text(f"optim:\n  lr: {lr}\nalgo:\n  staleness: {k}\n  num_iterations: {passes}\n"
+                                      f"  minibatches: {passes}\n")
 
 
 def test_stability_map_cells_and_collapse(tmp_path: Path):
@@ -526,6 +528,7 @@ def test_stability_map_cells_and_collapse(tmp_path: Path):
     assert set(sig) == {(3e-4, 4), (1e-4, 0)}
     assert sig[(3e-4, 4)].deltas == pytest.approx([-0.4, -0.1]) and sig[(3e-4, 4)].collapsed == 1
     assert sig[(1e-4, 0)].mean_delta == pytest.approx(0.3) and sig[(1e-4, 0)].collapsed == 0
+    assert sig[(3e-4, 4)].regimes == {"4x4"} and sig[(1e-4, 0)].regimes == {"2x2"}  # the columns' update regimes
     assert collapsed(0.6, 0.29) and not collapsed(0.6, 0.3)
 
     out = tmp_path / "report"

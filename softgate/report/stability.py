@@ -2,7 +2,9 @@
 
 Each cell pools the runs of one gate at one (``optim.lr``, ``algo.staleness``) pair, read from their config.yaml:
 the change of held-out accuracy from the step-0 evaluation to the last one (final minus initial, mean over seeds)
-and how many of those runs collapsed. A run **collapsed** when its final held-out accuracy is below
+and how many of those runs collapsed. Each cell also names the update regimes of its runs (``algo.num_iterations``
+x ``algo.minibatches``, e.g. "4x4"): a map that joins sweeps run with different regimes labels its columns with
+them instead of passing them off as a pure learning-rate axis. A run **collapsed** when its final held-out accuracy is below
 ``COLLAPSE_FRACTION`` (one half) of its initial one: training destroyed at least half of what the warm start could
 do (docs/sweeps.md). Runs without both evaluations, a gate or a config.yaml are left out of the map.
 """
@@ -24,6 +26,7 @@ class Cell:
 
     deltas: list[float] = field(default_factory=list)  # final minus initial held-out accuracy, one per run
     collapsed: int = 0  # runs whose final accuracy < COLLAPSE_FRACTION x initial
+    regimes: set[str] = field(default_factory=set)  # "passes x minibatches" of its runs, e.g. {"2x2"}
 
     @property
     def mean_delta(self) -> float:
@@ -52,4 +55,14 @@ def stability_cells(runs: Sequence[Run]) -> dict[str, dict[tuple[float, int], Ce
         initial, final = start[tasks[0]], end[tasks[0]]
         cell.deltas.append(final - initial)
         cell.collapsed += collapsed(initial, final)
+        regime = update_regime(run.config)
+        if regime is not None:
+            cell.regimes.add(regime)
     return out
+
+
+def update_regime(config: dict) -> str | None:
+    """"passes x minibatches" per rollout from a run's config (e.g. "4x4"), or None when the config lacks them."""
+    algo = config.get("algo") or {}
+    passes, minibatches = algo.get("num_iterations"), algo.get("minibatches")
+    return None if passes is None or minibatches is None else f"{passes}x{minibatches}"
