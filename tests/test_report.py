@@ -457,6 +457,7 @@ def test_report_files_reference_only_files_that_exist(sweep_dir: Path, tmp_path:
     for ref in refs:
         assert ref.startswith("data:image/png;base64,") or (out / ref).is_file(), ref
     assert "<table>" in page and "Paired differences against GRPO" in page
+    assert re.findall(r"<figure id='([^']+)'>", page) == [Path(n).stem for n in names]  # report.html#<figure>
 
     md = (out / "summary.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)

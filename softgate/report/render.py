@@ -83,7 +83,8 @@ def html_page(report: Report, out: Path, sources: Sequence[str]) -> str:
     parts.append("<h2>Figures</h2>")
     for name, caption in report.figures:
         data = base64.b64encode((out / name).read_bytes()).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+        anchor = html.escape(Path(name).stem)  # report.html#stability_map links to a figure
+        parts.append(f"<figure id='{anchor}'><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
