@@ -49,5 +49,6 @@ def test_study_presets_cover_their_axes():
     assert all(c.overrides["optim.lr"] == 0.0003 and c.overrides["algo.num_iterations"] == 4
                and c.overrides["algo.minibatches"] == 4 for c in cells["stress"] + cells["temperature"])
     # Verdict cells run 5 seeds; temperature's seeds are disjoint from stress's so that a joint report pools runs.
-    assert len({c.seed for c in cells["stress"]}) == len({c.seed for c in cells["coldstart"]}) == 5
+    assert len({c.seed for c in cells["stress"]}) == len({c.seed for c in cells["coldstart"]}) \
+        == len({c.seed for c in cells["staleness"]}) == 5
     assert not {c.seed for c in cells["stress"]} & {c.seed for c in cells["temperature"]}
