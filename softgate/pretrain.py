@@ -270,6 +270,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, cfg)
     n_params = sum(p.numel() for p in model.parameters())
+    # torch's default (per-tensor) AdamW, not softgate.lifecycle.adamw's fused kernel: the shipped warm starts were
+    # made with it, and `softgate pretrain` reproduces them bit for bit (docs/embedded.md).
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     problems = synthetic.iter_problems(cfg.seed, cfg.difficulty, "train")
     noise_rng = random.Random(f"softgate-pretrain-noise/{cfg.seed}")
