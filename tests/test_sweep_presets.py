@@ -1,6 +1,7 @@
 """The shipped sweep presets: each passes `softgate sweep FILE --dry-run` (its cells' configs validated by the
-trainer's own rules), runs at least 3 seeds per variant, and states its wall time on 2 cores in its header: the estimate made before the
-preset ran, with the measurement behind it, and once it has run on this machine, the measured time."""
+trainer's own rules), runs at least 3 seeds per variant, and states its wall time on 2 cores in its header: the
+estimate made before the preset ran, with the measurement behind it, and once it has run on this machine, the
+measured time."""
 
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ Each cell pools the runs of one gate at one (``optim.lr``, ``algo.staleness``) p
 the change of held-out accuracy from the step-0 evaluation to the last one (final minus initial, mean over seeds)
 and how many of those runs collapsed. Each cell also names the update regimes of its runs (``algo.num_iterations``
 x ``algo.minibatches``, e.g. "4x4"): a map that joins sweeps run with different regimes labels its columns with
-them instead of passing them off as a pure learning-rate axis. A run **collapsed** when its final held-out accuracy is below
-``COLLAPSE_FRACTION`` (one half) of its initial one: training destroyed at least half of what the warm start could
-do (docs/sweeps.md). Runs without both evaluations, a gate or a config.yaml are left out of the map.
+them instead of passing them off as a pure learning-rate axis. A run **collapsed** when its final held-out
+accuracy is below ``COLLAPSE_FRACTION`` (one half) of its initial one: training destroyed at least half of what the
+warm start could do (docs/sweeps.md). Runs without both evaluations, a gate or a config.yaml are left out of the
+map.
 """
 
 from __future__ import annotations
